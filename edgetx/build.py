@@ -1,0 +1,108 @@
+"""`build`: a trained model in, a verified bundle out.
+
+Stages: load -> export fp32 ONNX -> capture golden I/O from PyTorch -> verify on
+onnxruntime -> write the manifest and move the bundle into place. Nothing is written at
+the target unless every stage succeeds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from edgetx import __version__
+from edgetx.bundle import Bundle, BundleWriter
+from edgetx.errors import EdgetxError
+
+OPSET = 18
+GOLDEN_DECODE_STEPS = 24
+
+# A stage reporter: called as a context manager around each stage with its title.
+StageReporter = Callable[[str], "contextmanager[None]"]
+
+
+@contextmanager
+def _silent(title: str) -> Iterator[None]:
+    yield
+
+
+def _require_export_extra() -> None:
+    missing = []
+    for module in ("torch", "onnx", "onnxscript", "safetensors"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise EdgetxError(f"building a bundle needs {', '.join(missing)}: pip install 'edgetx[export]'")
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import onnxscript
+    import torch
+
+    return {"edgetx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version()}
+
+
+def build(model: str | Path | None, out: str | Path, *, force: bool = False,
+          stage: StageReporter = _silent) -> Bundle:
+    """Build a bundle for `model` (None = the reference checkpoint) at `out`."""
+    _require_export_extra()
+    from edgetx.exporters.causal_lm import capture_golden, export_causal_lm
+    from edgetx.exporters.source import load_source
+    from edgetx.parity import verify
+
+    with BundleWriter(out, overwrite=force) as writer:
+        with stage("load model"):
+            source = load_source(model)
+        with stage("export fp32 ONNX (torch.onnx, dynamo)"):
+            started = time.perf_counter()
+            export_causal_lm(source.module, source.spec, writer.path("fp32/model.onnx"),
+                             forward=source.forward, opset=OPSET)
+            export_seconds = time.perf_counter() - started
+        with stage(f"capture golden I/O from PyTorch (prefill + {GOLDEN_DECODE_STEPS} decode steps)"):
+            golden = capture_golden(source.forward, source.spec, source.golden_prompts, GOLDEN_DECODE_STEPS)
+            writer.save_arrays("golden.npz", golden)
+        for rel, src in source.extra_files.items():
+            shutil.copyfile(src, writer.path(rel))
+
+        spec = source.spec
+        manifest = {
+            "format": "edgetx-bundle",
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {"name": source.name, "kind": source.kind, "vocab_size": spec.vocab_size,
+                      "max_positions": spec.max_positions, "num_layers": spec.num_layers,
+                      "num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim, **source.facts},
+            "tokenizer": source.tokenizer,
+            "io": spec.io_signature(),
+            "variants": {"fp32": {"precision": "fp32", "file": "fp32/model.onnx"}},
+            "golden": {"file": "golden.npz", "kind": source.kind, "decode_steps": GOLDEN_DECODE_STEPS,
+                       "prompts": [bytes(p).decode("utf-8", "replace") for p in source.golden_prompts],
+                       "arrays": {k: list(v.shape) for k, v in golden.items()}},
+            "provenance": {"source": source.source, "source_sha256": source.source_sha256,
+                           "exporter": "torch.onnx.export(dynamo=True)", "opset": OPSET,
+                           "export_seconds": round(export_seconds, 1), "versions": _versions()},
+        }
+        with stage("verify fp32 on onnxruntime CPU against the golden I/O"):
+            provisional = Bundle(writer.tmp, {**manifest, "files": {}})
+            reports = verify(provisional, backend="ort-cpu")
+        failed = [r for r in reports if not r.passed]
+        if failed:
+            lines = [f"{r.variant}: {c.name} failed (max |diff| {c.max_abs:.3g}, {c.detail})"
+                     for r in failed for c in r.checks if not c.passed]
+            raise EdgetxError("the exported graph does not reproduce PyTorch, so no bundle was written:\n  "
+                              + "\n  ".join(lines))
+        for report in reports:
+            manifest["variants"][report.variant]["parity"] = report.to_dict()
+        with stage("write manifest and move the bundle into place"):
+            writer.commit(manifest)
+    return Bundle.load(out)

@@ -1,0 +1,234 @@
+"""The bundle: a folder holding a model's variants, its golden I/O and a manifest.
+
+    bundle/
+      manifest.json        schema version, model facts, I/O signature, variants, files + sha256,
+                           golden I/O description, provenance, parity results
+      fp32/model.onnx      one folder per variant
+      golden.npz           PyTorch's answers on held-out text, captured at export
+
+Loading validates the schema and every file's sha256; writing is atomic (a temporary folder
+beside the target, renamed into place), so an interrupted build leaves no bundle behind.
+Needs only the standard library and numpy: it is part of the torch-free runtime path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from edgetx.errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+_REQUIRED = {"schema_version": int, "model": dict, "io": dict, "variants": dict, "files": dict,
+             "golden": dict, "provenance": dict}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_relative(root: Path, rel: str, where: str) -> Path:
+    """Resolve a manifest path, refusing anything that would leave the bundle folder."""
+    pure = PurePosixPath(rel)
+    if not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel:
+        raise BundleError(f"{root / MANIFEST}: {where} has path {rel!r}; bundle paths must be relative "
+                          "and stay inside the bundle folder")
+    path = root / pure
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise BundleError(f"{root / MANIFEST}: {where} path {rel!r} resolves outside the bundle "
+                          "(a symlink?); refusing to load it")
+    return path
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One precision/format of the model inside a bundle."""
+
+    name: str
+    precision: str
+    file: str
+    parity: dict | None = None
+
+
+class Bundle:
+    """A loaded, validated bundle. `Bundle.load(path)` checks schema and hashes."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = Path(path)
+        self.manifest = manifest
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify_hashes: bool = True) -> "Bundle":
+        """Load and validate. `verify_hashes=False` skips sha256 checks (a trusted re-load)."""
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(f"{root}: no such bundle folder (build one with `edgetx build --out {root}`)")
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(f"{manifest_path} is missing: {root} is not a complete edgetx bundle")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{manifest_path}: not valid JSON ({e})") from None
+        if not isinstance(manifest, dict):
+            raise BundleError(f"{manifest_path}: expected a JSON object at the top level")
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(f"{manifest_path}: schema_version {version!r} is not one this edgetx reads "
+                              f"(it reads {SCHEMA_VERSION}); rebuild the bundle or upgrade edgetx")
+        for key, kind in _REQUIRED.items():
+            if not isinstance(manifest.get(key), kind):
+                raise BundleError(f"{manifest_path}: field {key!r} is missing or not a {kind.__name__}")
+        bundle = cls(root, manifest)
+        bundle._validate_files(verify_hashes)
+        return bundle
+
+    def _validate_files(self, verify_hashes: bool) -> None:
+        files = self.manifest["files"]
+        for rel, entry in files.items():
+            path = _check_relative(self.path, rel, f"files[{rel!r}]")
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                raise BundleError(f"{self.path / MANIFEST}: files[{rel!r}] needs a 'sha256' string")
+            if not path.is_file():
+                raise BundleError(f"{path} is missing (listed in {MANIFEST}); the bundle is incomplete, rebuild it")
+            if verify_hashes and sha256_file(path) != entry["sha256"]:
+                raise BundleError(f"{path} does not match the sha256 in {MANIFEST}: the file was altered "
+                                  "or corrupted after the build; rebuild or re-copy the bundle")
+        for name, variant in self.manifest["variants"].items():
+            if not isinstance(variant, dict) or not isinstance(variant.get("file"), str):
+                raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}] needs a 'file' string")
+            if variant["file"] not in files:
+                raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].file {variant['file']!r} "
+                                  "is not listed under 'files' (so its hash cannot be checked)")
+        golden = self.manifest["golden"].get("file")
+        if golden is not None and golden not in files:
+            raise BundleError(f"{self.path / MANIFEST}: golden.file {golden!r} is not listed under 'files'")
+
+    # --- what a bundle holds -------------------------------------------------------------
+    @property
+    def model(self) -> dict:
+        return self.manifest["model"]
+
+    @property
+    def io(self) -> dict:
+        return self.manifest["io"]
+
+    @property
+    def variants(self) -> dict[str, Variant]:
+        return {name: Variant(name, v.get("precision", "?"), v["file"], v.get("parity"))
+                for name, v in self.manifest["variants"].items()}
+
+    def variant(self, name: str) -> Variant:
+        variants = self.variants
+        if name not in variants:
+            raise BundleError(f"{self.path}: no variant {name!r}; this bundle has {', '.join(variants) or 'none'}")
+        return variants[name]
+
+    def file(self, rel: str) -> Path:
+        return _check_relative(self.path, rel, "file")
+
+    def golden(self) -> dict[str, np.ndarray]:
+        """The golden I/O arrays (loaded without pickle)."""
+        rel = self.manifest["golden"].get("file")
+        if rel is None:
+            raise BundleError(f"{self.path}: this bundle carries no golden I/O")
+        try:
+            with np.load(self.file(rel), allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (ValueError, OSError) as e:
+            raise BundleError(f"{self.file(rel)}: cannot read golden I/O ({e})") from None
+
+
+class BundleWriter:
+    """Builds a bundle in a temporary folder beside `target`; `commit()` moves it into place.
+
+    Used as a context manager: leaving the block without `commit()` (an error, Ctrl-C)
+    removes the temporary folder, so no half-written bundle is ever at `target`.
+    """
+
+    def __init__(self, target: str | os.PathLike, overwrite: bool = False):
+        self.target = Path(target).absolute()
+        if self.target.exists() and not overwrite:
+            raise BundleError(f"{self.target} already exists; pass --force (overwrite=True) to replace it")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.overwrite = overwrite
+        _remove_abandoned(self.target)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.{os.getpid()}.", suffix=".partial",
+                                         dir=self.target.parent))
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def path(self, rel: str) -> Path:
+        """Where to write `rel` inside the bundle being built (parents created)."""
+        path = _check_relative(self.tmp, rel, "writer")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def save_arrays(self, rel: str, arrays: dict[str, np.ndarray]) -> Path:
+        path = self.path(rel)
+        np.savez(path, **arrays)
+        return path
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Hash every file, write the manifest last, then rename the folder into place."""
+        files = {}
+        for path in sorted(p for p in self.tmp.rglob("*") if p.is_file()):
+            rel = path.relative_to(self.tmp).as_posix()
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        manifest = {"schema_version": SCHEMA_VERSION, **manifest, "files": files}
+        tmp_manifest = self.tmp / (MANIFEST + ".tmp")
+        tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp_manifest, self.tmp / MANIFEST)
+        _fsync_tree(self.tmp)
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.replace(self.target, old)
+            os.replace(self.tmp, self.target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.target)
+        return self.target
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Delete temporary folders left by builds of `target` whose process is gone (killed)."""
+    for tmp in target.parent.glob(f".{target.name}.*.partial"):
+        pid = tmp.name[len(target.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush file contents before the rename makes the bundle visible."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())

@@ -1,0 +1,243 @@
+"""The `edgetx` command line: thin wrappers over build, verify, generate and inspect."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgetx import __version__
+from edgetx.errors import EdgetxError
+
+console = Console(stderr=True)  # progress and tables on stderr; generated text and --json on stdout
+DEFAULT_OUT = "dist/edgetx-gpt"
+
+
+class _Group(click.Group):
+    """Turns edgetx's own errors into one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgetxError as e:
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]; nothing was left half-written")
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgetx")
+def main() -> None:
+    """edgetx: take a trained PyTorch transformer to a device.
+
+    \b
+    Typical use:
+      edgetx build --out dist/edgetx-gpt            # export + golden I/O + verify
+      edgetx verify dist/edgetx-gpt                 # parity against PyTorch's answers
+      edgetx generate dist/edgetx-gpt --prompt "def main():"
+      edgetx inspect dist/edgetx-gpt
+    """
+
+
+@contextmanager
+def _stage(title: str) -> Iterator[None]:
+    started = time.perf_counter()
+    with console.status(f"{title} ..."):
+        yield
+    console.print(f"[green]✓[/] {title} [dim]({time.perf_counter() - started:.1f}s)[/]")
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "-o", default=DEFAULT_OUT, show_default=True, type=click.Path(path_type=Path),
+              help="Bundle folder to write.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+def build(model: Path | None, out: Path, force: bool) -> None:
+    """Export MODEL to a verified bundle (default MODEL: the reference checkpoint).
+
+    \b
+    Examples:
+      edgetx build                                  # the bundled reference GPT
+      edgetx build path/to/checkpoint --out dist/my-model --force
+    """
+    from edgetx.build import build as build_bundle
+
+    bundle = build_bundle(model, out, force=force, stage=_stage)
+    _print_parity([v.parity for v in bundle.variants.values() if v.parity])
+    console.print(f"bundle written to [bold]{bundle.path}[/]")
+
+
+def _print_parity(reports: list[dict]) -> None:
+    table = Table(title="parity vs PyTorch golden I/O")
+    for col in ("variant", "backend", "check", "max |diff|", "tolerance", "detail", "result"):
+        table.add_column(col)
+    for r in reports:
+        for c in r["checks"]:
+            diff = "-" if c["max_abs"] is None else f"{c['max_abs']:.2e}"
+            table.add_row(r["variant"], r["backend"], c["name"], diff, f"{r['tolerance']['max_abs']:.0e}",
+                          c["detail"], "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]")
+    console.print(table)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--variant", "variants", multiple=True, help="Variant(s) to check (default: all).")
+@click.option("--backend", default="ort-cpu", show_default=True, help="Backend to run on (see `edgetx backends`).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (default: the backend's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON on stdout.")
+def verify(bundle: Path, variants: tuple[str, ...], backend: str, threads: int | None, as_json: bool) -> None:
+    """Check BUNDLE's variants against the golden I/O captured from PyTorch.
+
+    Exit status 1 if any check fails.
+
+    \b
+    Example:
+      edgetx verify dist/edgetx-gpt --json > parity.json
+    """
+    from edgetx.bundle import Bundle
+    from edgetx.parity import verify as run_verify
+
+    loaded = Bundle.load(bundle)
+    with console.status("verifying ..."):
+        reports = [r.to_dict() for r in run_verify(loaded, backend=backend, variants=list(variants) or None,
+                                                   threads=threads)]
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+    else:
+        _print_parity(reports)
+    if not all(r["passed"] for r in reports):
+        console.print("[bold red]parity failed[/]")
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--prompt", "-p", required=True, help="Text to continue.")
+@click.option("--max-tokens", "-n", default=128, show_default=True, help="New tokens to generate at most.")
+@click.option("--temperature", "-t", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens.")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold.")
+@click.option("--seed", type=int, default=None, help="Random seed for sampling.")
+@click.option("--stop", multiple=True, help="Stop when this text appears (repeatable; not printed).")
+@click.option("--variant", default="fp32", show_default=True)
+@click.option("--backend", default="ort-cpu", show_default=True)
+@click.option("--threads", type=int, default=None)
+def generate(bundle: Path, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
+             top_p: float | None, seed: int | None, stop: tuple[str, ...], variant: str, backend: str,
+             threads: int | None) -> None:
+    """Generate text from BUNDLE, streaming it to stdout.
+
+    \b
+    Examples:
+      edgetx generate dist/edgetx-gpt --prompt "import os" -n 200
+      edgetx generate dist/edgetx-gpt -p "def " -t 0.8 --top-p 0.95 --seed 1 --stop $'\\n\\n'
+    """
+    from edgetx.runtimes import GenerationConfig, Generator, Session
+
+    session = Session(bundle, variant=variant, backend=backend, threads=threads)
+    generator = Generator(session)
+    config = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                              seed=seed, stop=tuple(s.encode() for s in stop))
+    out = sys.stdout
+    out.write(prompt)
+    for piece in generator.stream(prompt, config):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    console.print(f"[dim]{variant} on {backend}: {generator.stats.summary()}; "
+                  f"stopped by {generator.finish_reason}[/]")
+
+
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+def inspect(target: Path, as_json: bool) -> None:
+    """Show what is inside a bundle or an ONNX file: ops, size, I/O, opset, parity.
+
+    \b
+    Examples:
+      edgetx inspect dist/edgetx-gpt
+      edgetx inspect dist/edgetx-gpt/fp32/model.onnx --json
+    """
+    from edgetx.onnx_info import inspect_onnx
+
+    if target.is_dir():
+        from edgetx.bundle import Bundle
+
+        bundle = Bundle.load(target)
+        info = {"bundle": str(target), "model": bundle.model, "variants": {}}
+        for name, variant in bundle.variants.items():
+            info["variants"][name] = {"precision": variant.precision, "parity_passed": (variant.parity or {}).get("passed"),
+                                      "parity_max_abs": (variant.parity or {}).get("max_abs"),
+                                      **inspect_onnx(bundle.file(variant.file))}
+        info["provenance"] = bundle.manifest["provenance"]
+    else:
+        info = inspect_onnx(target)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for name, entry in (info["variants"].items() if "variants" in info else [(target.name, info)]):
+        _print_onnx(name, entry)
+    if "model" in info:
+        facts = ", ".join(f"{k}={v}" for k, v in info["model"].items())
+        console.print(f"[bold]model[/]: {facts}")
+        versions = info["provenance"].get("versions", {})
+        console.print(f"[bold]provenance[/]: {info['provenance'].get('exporter')}, opset "
+                      f"{info['provenance'].get('opset')}, " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+
+
+def _print_onnx(name: str, info: dict) -> None:
+    head = f"[bold]{name}[/]: {info['file']}  {info['bytes'] / 1e6:.2f} MB, {info['parameters'] / 1e6:.2f}M params, " \
+           f"{info['nodes']} nodes, opsets {info['opsets']}"
+    if info.get("precision"):
+        verdict = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "not run"}[info.get("parity_passed")]
+        head += f", precision {info['precision']}, parity {verdict}"
+        if info.get("parity_max_abs") is not None:
+            head += f" (max |diff| {info['parity_max_abs']:.2e})"
+    console.print(head)
+    io_table = Table(show_header=True, box=None)
+    for col in ("", "name", "dtype", "shape"):
+        io_table.add_column(col)
+    for kind in ("inputs", "outputs"):
+        rows = info[kind]
+        shown = rows if len(rows) <= 8 else rows[:5]
+        for v in shown:
+            io_table.add_row(kind[:-1], v["name"], v["dtype"], str(v["shape"]))
+        if len(rows) > len(shown):
+            io_table.add_row(kind[:-1], f"... {len(rows) - len(shown)} more", "", "")
+    console.print(io_table)
+    ops = Table(title="op histogram", show_header=True)
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, count in info["ops"].items():
+        ops.add_row(op, str(count))
+    console.print(ops)
+
+
+@main.command()
+def backends() -> None:
+    """List the backends edgetx knows and whether each can run here (and why not)."""
+    from edgetx.runtimes import list_backends
+
+    table = Table()
+    for col in ("backend", "available", "details"):
+        table.add_column(col)
+    for name, backend in sorted(list_backends().items()):
+        status = backend.availability()
+        table.add_row(name, "[green]yes[/]" if status.available else "[red]no[/]",
+                      f"{backend.description}; {status.reason}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

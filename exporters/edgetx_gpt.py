@@ -1,0 +1,43 @@
+"""The reference GPT family (`edgetx.models`): load a checkpoint and describe it for export."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from edgetx.exporters.causal_lm import CausalLMSpec
+from edgetx.exporters.source import ExportSource
+from edgetx.models.data import validation_text
+from edgetx.models.train import DEFAULT_CHECKPOINT, load_checkpoint
+
+ARCHITECTURE = "edgetx-gpt"
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file() and \
+        '"n_embd"' in (path / "config.json").read_text()
+
+
+def load(path: Path = DEFAULT_CHECKPOINT) -> ExportSource:
+    path = Path(path)
+    model = load_checkpoint(path)
+    c = model.config
+    spec = CausalLMSpec(num_layers=c.n_layer, num_kv_heads=c.n_head, head_dim=c.head_dim,
+                        vocab_size=c.vocab_size, max_positions=c.block_size)
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        digest.update((path / name).read_bytes())
+    # Golden prompts: held-out stdlib text the model never trained on, cut at line starts.
+    prompts = [validation_text(96, offset=20_000), validation_text(40, offset=150_000)]
+    return ExportSource(
+        name=path.name if path != DEFAULT_CHECKPOINT else ARCHITECTURE,
+        module=model,
+        spec=spec,
+        forward=model.forward,
+        facts={"architecture": ARCHITECTURE, "parameters": model.num_parameters(),
+               "n_embd": c.n_embd, "n_head": c.n_head},
+        tokenizer={"type": "bytes"},
+        golden_prompts=prompts,
+        source=str(path),
+        source_sha256=digest.hexdigest(),
+    )

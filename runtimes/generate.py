@@ -1,0 +1,206 @@
+"""`Generator`: text generation on a causal-LM bundle, reusing the KV cache between steps.
+
+The prompt is run once (prefill); each new token then runs alone with the cache the
+previous step returned (decode). Tokens stream out as an iterator.
+
+    gen = Generator(Session("dist/edgetx-gpt"))
+    for piece in gen.stream("def fib(n):", GenerationConfig(max_new_tokens=64)):
+        print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgetx.errors import InputError
+from edgetx.runtimes.session import Session
+from edgetx.runtimes.tokenizer import Tokenizer, tokenizer_for
+
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+
+
+def empty_cache(inputs: list[dict], batch: int) -> dict[str, np.ndarray]:
+    """Zero-length past keys/values for every cache input of an I/O signature."""
+    return {s["name"]: np.zeros([batch if d == "batch" else 0 if d == "past" else d for d in s["shape"]],
+                                dtype=s["dtype"])
+            for s in inputs if s["name"].startswith(PAST_PREFIX)}
+
+
+def next_cache(outputs: dict[str, np.ndarray], cache: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The presents a step returned, renamed as the next step's past."""
+    return {name: outputs[PRESENT_PREFIX + name[len(PAST_PREFIX):]] for name in cache}
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy (argmax)
+    top_k: int | None = None  # keep the k most likely tokens
+    top_p: float | None = None  # keep the smallest set whose probability reaches p
+    seed: int | None = None  # for sampling; same seed, same text
+    stop: tuple[bytes, ...] = ()  # stop when the output contains one of these (not emitted)
+
+    def check(self) -> None:
+        if self.max_new_tokens < 0:
+            raise InputError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise InputError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not isinstance(s, bytes) or not s for s in self.stop):
+            raise InputError("stop sequences must be non-empty bytes")
+
+
+def sample_next(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
+    """Pick the next token from one row of logits: greedy, or temperature/top-k/top-p sampling."""
+    if config.temperature == 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / config.temperature
+    if config.top_k is not None and config.top_k < scaled.size:
+        kth = np.partition(scaled, -config.top_k)[-config.top_k]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if config.top_p is not None and config.top_p < 1:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, config.top_p)) + 1]
+        kept = np.zeros_like(probs)
+        kept[keep] = probs[keep]
+        probs = kept / kept.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+class _StopFilter:
+    """Holds back output bytes that might be the start of a stop sequence."""
+
+    def __init__(self, stops: tuple[bytes, ...]):
+        self.stops, self.buffer, self.emitted, self.stopped = stops, b"", 0, False
+
+    def push(self, data: bytes) -> bytes:
+        self.buffer += data
+        hits = [i for i in (self.buffer.find(s, self.emitted) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            return self._release(min(hits))
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0)
+        return self._release(len(self.buffer) - hold)
+
+    def flush(self) -> bytes:
+        return b"" if self.stopped else self._release(len(self.buffer))
+
+    def _release(self, end: int) -> bytes:
+        out, self.emitted = self.buffer[self.emitted : end], max(self.emitted, end)
+        return out
+
+
+@dataclass
+class GenerationStats:
+    """Timings of the last run: time to first token and decode speed."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    def add_step(self, seconds: float, prefill: bool) -> None:
+        self.new_tokens += 1
+        if prefill:
+            self.prefill_seconds += seconds
+        else:
+            self.decode_seconds += seconds
+
+    @property
+    def decode_tokens_per_second(self) -> float | None:
+        steps = self.new_tokens - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else None
+
+    def summary(self) -> str:
+        text = f"{self.prompt_tokens} prompt tokens, first token after {self.prefill_seconds * 1e3:.1f} ms"
+        if self.decode_tokens_per_second:
+            text += f", {self.new_tokens} new tokens at {self.decode_tokens_per_second:.1f} tokens/s"
+        return text
+
+
+class Generator:
+    """Prefill + decode loop over a Session of a causal-LM bundle."""
+
+    def __init__(self, session: Session, tokenizer: Tokenizer | None = None):
+        model = session.model
+        if model.get("kind") != "causal-lm":
+            raise InputError(f"{session.bundle.path} holds a {model.get('kind')!r} model; Generator needs a causal-lm")
+        self.session = session
+        self.tokenizer = tokenizer or tokenizer_for(session.bundle.manifest.get("tokenizer", {}))
+        self.max_positions: int = model["max_positions"]
+        self.vocab_size: int = model["vocab_size"]
+        self.finish_reason: str | None = None  # "length", "context", "stop" or "eos" after a run
+        self.stats = GenerationStats()
+
+    def tokens(self, prompt_ids: list[int], config: GenerationConfig | None = None) -> Iterator[int]:
+        """Yield new token ids one at a time (batch 1)."""
+        config = config or GenerationConfig()
+        config.check()
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise InputError("the prompt is empty; give at least one token")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InputError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        if len(ids) + 1 > self.max_positions:
+            raise InputError(f"the prompt has {len(ids)} tokens; this model sees at most {self.max_positions} "
+                             "positions in all, so shorten the prompt")
+        rng = np.random.default_rng(config.seed)
+        self.finish_reason, self.stats = None, GenerationStats(prompt_tokens=len(ids))
+        cache = empty_cache(self.session.inputs, batch=1)
+        step_ids, past = np.array([ids], dtype=np.int64), 0
+        for produced in range(config.max_new_tokens + 1):
+            if produced == config.max_new_tokens:
+                self.finish_reason = "length"
+                return
+            if past + step_ids.shape[1] > self.max_positions:
+                self.finish_reason = "context"
+                return
+            seq = step_ids.shape[1]
+            feeds = {"input_ids": step_ids,
+                     "attention_mask": np.ones((1, past + seq), dtype=np.int64),
+                     "position_ids": np.arange(past, past + seq, dtype=np.int64)[None], **cache}
+            started = time.perf_counter()
+            outputs = self.session.run(feeds)
+            self.stats.add_step(time.perf_counter() - started, prefill=past == 0)
+            cache = next_cache(outputs, cache)
+            past += seq
+            token = sample_next(outputs["logits"][0, -1], config, rng)
+            yield token
+            if token == self.tokenizer.eos_token_id:
+                self.finish_reason = "eos"
+                return
+            step_ids = np.array([[token]], dtype=np.int64)
+
+    def stream(self, prompt: str | list[int], config: GenerationConfig | None = None) -> Iterator[str]:
+        """Yield text as it is generated; stop sequences end the text and are not included."""
+        config = config or GenerationConfig()
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = _StopFilter(tuple(config.stop))
+        for token in self.tokens(ids, config):
+            if token == self.tokenizer.eos_token_id:
+                break
+            text = decoder.decode(stops.push(self.tokenizer.decode_bytes([token])))
+            if text:
+                yield text
+            if stops.stopped:
+                self.finish_reason = "stop"
+                return
+        tail = decoder.decode(stops.flush(), final=True)
+        if tail:
+            yield tail
+
+    def generate(self, prompt: str | list[int], config: GenerationConfig | None = None) -> str:
+        return "".join(self.stream(prompt, config))

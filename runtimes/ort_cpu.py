@@ -1,0 +1,65 @@
+"""onnxruntime's CPU execution provider: the reference backend every bundle is verified on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgetx.errors import BackendError
+from edgetx.runtimes.base import Availability, Backend, BackendSession, RunResult, SessionOptions, register_backend
+
+
+class OrtSession(BackendSession):
+    def __init__(self, session, model_path: Path):
+        self._session = session
+        self._model_path = model_path
+        self._outputs = [o.name for o in session.get_outputs()]
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> RunResult:
+        names = output_names or self._outputs
+        start = time.perf_counter()
+        try:
+            values = self._session.run(names, feeds)
+        except Exception as e:  # onnxruntime raises its own exception types; say where it came from
+            raise BackendError(f"onnxruntime failed to run {self._model_path}: {e}") from e
+        return RunResult(dict(zip(names, values)), time.perf_counter() - start)
+
+
+class OrtCpuBackend(Backend):
+    name = "ort-cpu"
+    description = "onnxruntime, CPU execution provider (this machine)"
+    provider = "CPUExecutionProvider"
+
+    def availability(self) -> Availability:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            return Availability(False, f"onnxruntime is not installed ({e}); pip install onnxruntime")
+        if self.provider not in ort.get_available_providers():
+            return Availability(False, f"this onnxruntime build has no {self.provider}")
+        return Availability(True, f"onnxruntime {ort.__version__}")
+
+    def create_session(self, model_path: Path, options: SessionOptions) -> OrtSession:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+            so.inter_op_num_threads = 1
+        for key, value in options.extra.items():
+            so.add_session_config_entry(key, value)
+        try:
+            session = ort.InferenceSession(str(model_path), so, providers=[self.provider])
+        except Exception as e:
+            raise BackendError(f"onnxruntime could not load {model_path}: {e}") from e
+        return OrtSession(session, Path(model_path))
+
+
+register_backend(OrtCpuBackend())

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny random-init checkpoint and bundles built from it (made here, not downloaded)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config():
+    from edgetx.models.model import GPTConfig
+
+    return GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=256)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A 2-layer GPT with random weights, saved like a trained checkpoint."""
+    import torch
+    from safetensors.torch import save_model
+
+    from edgetx.models.model import GPT
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-checkpoint")
+    model = GPT(tiny_config())
+    model.config.save(path / "config.json")
+    save_model(model, str(path / "model.safetensors"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_master(tiny_checkpoint, tmp_path_factory) -> Path:
+    from edgetx.build import build
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    build(tiny_checkpoint, out)
+    return out
+
+
+@pytest.fixture
+def tiny_bundle(tiny_bundle_master, tmp_path) -> Path:
+    """A private copy of the tiny bundle that a test may damage."""
+    import shutil
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_bundle_master, copy)
+    return copy
+
+
+def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter of this environment (e.g. with torch blocked)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, **kwargs)

@@ -1,0 +1,36 @@
+"""Parity catches a wrong graph, and the reports say which check failed."""
+
+import json
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgetx.bundle import Bundle, sha256_file
+from edgetx.parity import verify
+
+
+def test_tiny_bundle_passes_all_checks(tiny_bundle_master):
+    (report,) = verify(Bundle.load(tiny_bundle_master))
+    assert report.passed
+    assert [c.name for c in report.checks] == ["prefill", "greedy decode", "cache == recompute", "padded batch"]
+    assert report.max_abs < 1e-4
+
+
+def test_perturbed_weights_fail_parity(tiny_bundle):
+    path = tiny_bundle / "fp32/model.onnx"
+    model = onnx.load(str(path))
+    weight = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    array = numpy_helper.to_array(weight).copy()
+    array += 0.2 * array.std() * np.random.default_rng(0).standard_normal(array.shape).astype(array.dtype)
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    manifest["files"]["fp32/model.onnx"]["sha256"] = sha256_file(path)  # a consistently re-signed bad model
+    (tiny_bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    (report,) = verify(Bundle.load(tiny_bundle))
+    assert not report.passed
+    failed = {c.name for c in report.checks if not c.passed}
+    assert "prefill" in failed
+    assert report.max_abs > 1e-3
