@@ -20,7 +20,6 @@ from edgetx.bundle import Bundle, BundleWriter
 from edgetx.errors import EdgetxError
 
 OPSET = 18
-GOLDEN_DECODE_STEPS = 24
 
 # A stage reporter: called as a context manager around each stage with its title.
 StageReporter = Callable[[str], "contextmanager[None]"]
@@ -57,7 +56,6 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False,
           stage: StageReporter = _silent) -> Bundle:
     """Build a bundle for `model` (None = the reference checkpoint) at `out`."""
     _require_export_extra()
-    from edgetx.exporters.causal_lm import capture_golden, export_causal_lm
     from edgetx.exporters.source import load_source
     from edgetx.parity import verify
 
@@ -66,31 +64,27 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False,
             source = load_source(model)
         with stage("export fp32 ONNX (torch.onnx, dynamo)"):
             started = time.perf_counter()
-            export_causal_lm(source.module, source.spec, writer.path("fp32/model.onnx"),
-                             forward=source.forward, opset=OPSET)
+            source.export(writer.path("fp32/model.onnx"), OPSET)
             export_seconds = time.perf_counter() - started
-        with stage(f"capture golden I/O from PyTorch (prefill + {GOLDEN_DECODE_STEPS} decode steps)"):
-            golden = capture_golden(source.forward, source.spec, source.golden_prompts, GOLDEN_DECODE_STEPS)
+        with stage("capture golden I/O from PyTorch on held-out text"):
+            golden, golden_info = source.capture_golden()
             writer.save_arrays("golden.npz", golden)
         for rel, src in source.extra_files.items():
             shutil.copyfile(src, writer.path(rel))
 
-        spec = source.spec
         manifest = {
             "format": "edgetx-bundle",
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": {"name": source.name, "kind": source.kind, "vocab_size": spec.vocab_size,
-                      "max_positions": spec.max_positions, "num_layers": spec.num_layers,
-                      "num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim, **source.facts},
+            "model": source.model,
             "tokenizer": source.tokenizer,
-            "io": spec.io_signature(),
+            "io": source.io,
             "variants": {"fp32": {"precision": "fp32", "file": "fp32/model.onnx"}},
-            "golden": {"file": "golden.npz", "kind": source.kind, "decode_steps": GOLDEN_DECODE_STEPS,
-                       "prompts": [bytes(p).decode("utf-8", "replace") for p in source.golden_prompts],
+            "golden": {"file": "golden.npz", "kind": source.kind, **golden_info,
                        "arrays": {k: list(v.shape) for k, v in golden.items()}},
             "provenance": {"source": source.source, "source_sha256": source.source_sha256,
                            "exporter": "torch.onnx.export(dynamo=True)", "opset": OPSET,
-                           "export_seconds": round(export_seconds, 1), "versions": _versions()},
+                           "export_seconds": round(export_seconds, 1), "export_notes": source.notes,
+                           "versions": _versions()},
         }
         with stage("verify fp32 on onnxruntime CPU against the golden I/O"):
             provisional = Bundle(writer.tmp, {**manifest, "files": {}})

@@ -113,6 +113,9 @@ class Bundle:
             if variant["file"] not in files:
                 raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].file {variant['file']!r} "
                                   "is not listed under 'files' (so its hash cannot be checked)")
+            if variant.get("sha256", files[variant["file"]]["sha256"]) != files[variant["file"]]["sha256"]:
+                raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].sha256 disagrees with "
+                                  f"files[{variant['file']!r}].sha256; the manifest was edited inconsistently")
         golden = self.manifest["golden"].get("file")
         if golden is not None and golden not in files:
             raise BundleError(f"{self.path / MANIFEST}: golden.file {golden!r} is not listed under 'files'")
@@ -194,6 +197,10 @@ class BundleWriter:
             rel = path.relative_to(self.tmp).as_posix()
             files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = {"schema_version": SCHEMA_VERSION, **manifest, "files": files}
+        for name, variant in manifest.get("variants", {}).items():
+            if variant.get("file") not in files:
+                raise BundleError(f"variant {name!r}: its file {variant.get('file')!r} was not written")
+            variant.update(files[variant["file"]])  # each variant states its own sha256 and size too
         tmp_manifest = self.tmp / (MANIFEST + ".tmp")
         tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
         os.replace(tmp_manifest, self.tmp / MANIFEST)

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from edgetx.exporters.causal_lm import CausalLMSpec
-from edgetx.exporters.source import ExportSource
+from edgetx.exporters.source import ExportSource, causal_lm_source
 from edgetx.models.data import validation_text
 from edgetx.models.train import DEFAULT_CHECKPOINT, load_checkpoint
 
@@ -29,15 +29,16 @@ def load(path: Path = DEFAULT_CHECKPOINT) -> ExportSource:
         digest.update((path / name).read_bytes())
     # Golden prompts: held-out stdlib text the model never trained on, cut at line starts.
     prompts = [validation_text(96, offset=20_000), validation_text(40, offset=150_000)]
-    return ExportSource(
+    return causal_lm_source(
         name=path.name if path != DEFAULT_CHECKPOINT else ARCHITECTURE,
         module=model,
-        spec=spec,
         forward=model.forward,
+        spec=spec,
+        prompts=[list(p) for p in prompts],
+        prompt_texts=[p.decode("utf-8", "replace") for p in prompts],
         facts={"architecture": ARCHITECTURE, "parameters": model.num_parameters(),
                "n_embd": c.n_embd, "n_head": c.n_head},
         tokenizer={"type": "bytes"},
-        golden_prompts=prompts,
         source=str(path),
         source_sha256=digest.hexdigest(),
     )

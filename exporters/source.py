@@ -1,29 +1,53 @@
-"""What an exporter hands the build: a loaded model and the facts needed to export and run it."""
+"""What an exporter hands the build: how to export a loaded model and how to capture its
+golden I/O, plus the facts the manifest records. The build itself knows no model family."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgetx.errors import EdgetxError
-from edgetx.exporters.causal_lm import CausalLMForward, CausalLMSpec
+from edgetx.exporters.causal_lm import CausalLMForward, CausalLMSpec, capture_golden, export_causal_lm
+
+GOLDEN_DECODE_STEPS = 24
 
 
 @dataclass
 class ExportSource:
     name: str
-    module: torch.nn.Module
-    spec: CausalLMSpec
-    forward: CausalLMForward  # (input_ids, attention_mask, position_ids, past) -> (logits, present)
-    facts: dict  # architecture facts recorded in the manifest's `model` block
+    kind: str  # "causal-lm" or "encoder": picks the parity checks and runtime helpers
+    model: dict  # the manifest's `model` block (architecture facts)
     tokenizer: dict  # the manifest's `tokenizer` block
-    golden_prompts: list[bytes]  # real held-out text, as token ids (bytes for the reference model)
+    io: dict  # the manifest's `io` block (names, dtypes, symbolic shapes)
+    export: Callable[[Path, int], None]  # (onnx path, opset) -> writes the fp32 graph
+    capture_golden: Callable[[], tuple[dict[str, np.ndarray], dict]]  # -> arrays, description
     source: str
     source_sha256: str
-    kind: str = "causal-lm"
     extra_files: dict[str, Path] = field(default_factory=dict)  # bundle path -> file to copy in
+    notes: list[str] = field(default_factory=list)  # adjustments made for export, recorded in provenance
+
+
+def causal_lm_source(*, name: str, module: torch.nn.Module, forward: CausalLMForward, spec: CausalLMSpec,
+                     prompts: list[list[int]], prompt_texts: list[str], facts: dict, tokenizer: dict,
+                     source: str, source_sha256: str, **extra) -> ExportSource:
+    """An ExportSource for any causal LM that follows the single-graph prefill/decode contract."""
+
+    def export(path: Path, opset: int) -> None:
+        export_causal_lm(module, spec, path, forward=forward, opset=opset)
+
+    def golden() -> tuple[dict[str, np.ndarray], dict]:
+        arrays = capture_golden(forward, spec, prompts, GOLDEN_DECODE_STEPS)
+        return arrays, {"decode_steps": GOLDEN_DECODE_STEPS, "prompts": prompt_texts}
+
+    model = {"name": name, "kind": "causal-lm", "vocab_size": spec.vocab_size,
+             "max_positions": spec.max_positions, "num_layers": spec.num_layers,
+             "num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim, **facts}
+    return ExportSource(name=name, kind="causal-lm", model=model, tokenizer=tokenizer, io=spec.io_signature(),
+                        export=export, capture_golden=golden, source=source, source_sha256=source_sha256, **extra)
 
 
 def load_source(path: str | Path | None) -> ExportSource:

@@ -184,21 +184,37 @@ class Generator:
             step_ids = np.array([[token]], dtype=np.int64)
 
     def stream(self, prompt: str | list[int], config: GenerationConfig | None = None) -> Iterator[str]:
-        """Yield text as it is generated; stop sequences end the text and are not included."""
+        """Yield text as it is generated; stop sequences end the text and are not included.
+
+        The generated ids are decoded as a whole each step (tokenizers merge pieces, e.g. a
+        character split over byte tokens), and text is held back while it ends in an
+        incomplete character or could be the start of a stop sequence.
+        """
         config = config or GenerationConfig()
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = _StopFilter(tuple(config.stop))
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # pieces may split a character
+        generated: list[int] = []
+        released = b""
         for token in self.tokens(ids, config):
             if token == self.tokenizer.eos_token_id:
                 break
-            text = decoder.decode(stops.push(self.tokenizer.decode_bytes([token])))
-            if text:
+            generated.append(token)
+            text = self.tokenizer.decode(generated)
+            if text.endswith("\ufffd"):
+                continue  # wait for the rest of the character
+            data = text.encode("utf-8")
+            piece = stops.push(data[len(released):])
+            released = data
+            if piece and (text := utf8.decode(piece)):
                 yield text
             if stops.stopped:
                 self.finish_reason = "stop"
                 return
-        tail = decoder.decode(stops.flush(), final=True)
+        if generated:
+            data = self.tokenizer.decode(generated).encode("utf-8")
+            stops.push(data[len(released):])
+        tail = utf8.decode(stops.flush(), final=True)
         if tail:
             yield tail
 

@@ -13,7 +13,8 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
-    def decode_bytes(self, ids: list[int]) -> bytes: ...
+    def decode(self, ids: list[int]) -> str:
+        """Text of `ids`; an incomplete trailing character shows as U+FFFD."""
 
 
 class ByteTokenizer:
@@ -25,8 +26,8 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def decode_bytes(self, ids: list[int]) -> bytes:
-        return bytes(ids)
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
 
 
 def tokenizer_for(spec: dict) -> Tokenizer:

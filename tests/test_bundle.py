@@ -80,6 +80,12 @@ def test_symlink_out_of_the_bundle_is_refused(tiny_bundle, tmp_path):
         Bundle.load(tiny_bundle)
 
 
+def test_variant_hash_must_agree_with_files_table(tiny_bundle):
+    _edit_manifest(tiny_bundle, lambda m: m["variants"]["fp32"].update(sha256="0" * 64))
+    with pytest.raises(BundleError, match="disagrees"):
+        Bundle.load(tiny_bundle)
+
+
 def test_unknown_variant_lists_the_known_ones(tiny_bundle):
     with pytest.raises(BundleError, match="no variant 'int8'; this bundle has fp32"):
         Bundle.load(tiny_bundle).variant("int8")

@@ -90,3 +90,11 @@ def test_context_limit_stops_generation(generator):
 def test_bad_generation_requests(generator, prompt, config, message):
     with pytest.raises(InputError, match=message):
         list(generator.tokens(prompt, config))
+
+
+def test_stream_never_splits_a_character(generator, monkeypatch):
+    text = "héllo wörld → ok END more"
+    monkeypatch.setattr(generator, "tokens", lambda ids, config: iter(text.encode()))
+    pieces = list(generator.stream("x", GenerationConfig(stop=(b" END",))))
+    assert "".join(pieces) == "héllo wörld → ok"
+    assert not any("\ufffd" in p for p in pieces)

@@ -26,7 +26,8 @@ def test_perturbed_weights_fail_parity(tiny_bundle):
     weight.CopyFrom(numpy_helper.from_array(array, weight.name))
     onnx.save(model, str(path))
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    manifest["files"]["fp32/model.onnx"]["sha256"] = sha256_file(path)  # a consistently re-signed bad model
+    digest = sha256_file(path)  # a consistently re-signed bad model: only parity can catch it
+    manifest["files"]["fp32/model.onnx"]["sha256"] = manifest["variants"]["fp32"]["sha256"] = digest
     (tiny_bundle / "manifest.json").write_text(json.dumps(manifest))
 
     (report,) = verify(Bundle.load(tiny_bundle))
