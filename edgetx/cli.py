@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -62,17 +63,26 @@ def _stage(title: str) -> Iterator[None]:
 @click.option("--out", "-o", default=DEFAULT_OUT, show_default=True, type=click.Path(path_type=Path),
               help="Bundle folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
-def build(model: Path | None, out: Path, force: bool) -> None:
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept pickle weight files (pytorch_model.bin); loaded with weights_only=True.")
+@click.option("--trust-remote-code", is_flag=True, help="Let transformers run the model folder's own Python code.")
+def build(model: Path | None, out: Path, force: bool, allow_pickle: bool, trust_remote_code: bool) -> None:
     """Export MODEL to a verified bundle (default MODEL: the reference checkpoint).
+
+    MODEL is an edgetx checkpoint folder, a Hugging Face model folder (config.json +
+    safetensors; Llama/Qwen2/Mistral/GPT-2-style decoders, BERT-family encoders) or a .gguf file.
 
     \b
     Examples:
       edgetx build                                  # the bundled reference GPT
       edgetx build path/to/checkpoint --out dist/my-model --force
+      edgetx build ~/models/all-MiniLM-L6-v2 --out dist/minilm
+      edgetx build SmolLM2-135M-Instruct.Q4_1.gguf --out dist/smollm2
     """
     from edgetx.build import build as build_bundle
 
-    bundle = build_bundle(model, out, force=force, stage=_stage)
+    bundle = build_bundle(model, out, force=force, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                          stage=_stage)
     _print_parity([v.parity for v in bundle.variants.values() if v.parity])
     console.print(f"bundle written to [bold]{bundle.path}[/]")
 
@@ -129,11 +139,12 @@ def verify(bundle: Path, variants: tuple[str, ...], backend: str, threads: int |
 @click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold.")
 @click.option("--seed", type=int, default=None, help="Random seed for sampling.")
 @click.option("--stop", multiple=True, help="Stop when this text appears (repeatable; not printed).")
+@click.option("--chat", is_flag=True, help="Wrap the prompt as a user message with the bundle's chat template.")
 @click.option("--variant", default="fp32", show_default=True)
 @click.option("--backend", default="ort-cpu", show_default=True)
 @click.option("--threads", type=int, default=None)
 def generate(bundle: Path, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
-             top_p: float | None, seed: int | None, stop: tuple[str, ...], variant: str, backend: str,
+             top_p: float | None, seed: int | None, stop: tuple[str, ...], chat: bool, variant: str, backend: str,
              threads: int | None) -> None:
     """Generate text from BUNDLE, streaming it to stdout.
 
@@ -141,21 +152,61 @@ def generate(bundle: Path, prompt: str, max_tokens: int, temperature: float, top
     Examples:
       edgetx generate dist/edgetx-gpt --prompt "import os" -n 200
       edgetx generate dist/edgetx-gpt -p "def " -t 0.8 --top-p 0.95 --seed 1 --stop $'\\n\\n'
+      edgetx generate dist/smollm2 --chat -p "What is the capital of France?"
     """
     from edgetx.runtimes import GenerationConfig, Generator, Session
+    from edgetx.runtimes.tokenizer import apply_chat_template
 
     session = Session(bundle, variant=variant, backend=backend, threads=threads)
     generator = Generator(session)
     config = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               seed=seed, stop=tuple(s.encode() for s in stop))
+    text = apply_chat_template(session.bundle.manifest["tokenizer"], [{"role": "user", "content": prompt}]) \
+        if chat else prompt
     out = sys.stdout
-    out.write(prompt)
-    for piece in generator.stream(prompt, config):
+    if not chat:
+        out.write(prompt)
+    for piece in generator.stream(text, config):
         out.write(piece)
         out.flush()
     out.write("\n")
     console.print(f"[dim]{variant} on {backend}: {generator.stats.summary()}; "
                   f"stopped by {generator.finish_reason}[/]")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option("--file", "text_file", type=click.File("r"), help="Read texts from this file, one per line ('-' = stdin).")
+@click.option("--npy", type=click.Path(path_type=Path), help="Write the vectors to this .npy file instead of JSON.")
+@click.option("--variant", default="fp32", show_default=True)
+@click.option("--backend", default="ort-cpu", show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+def embed(bundle: Path, texts: tuple[str, ...], text_file, npy: Path | None, variant: str, backend: str,
+          batch_size: int) -> None:
+    """Sentence embeddings from an encoder BUNDLE: JSON on stdout, or a .npy file.
+
+    \b
+    Examples:
+      edgetx embed dist/minilm "A cat sits on the mat." "A dog plays in the park."
+      edgetx embed dist/minilm --file sentences.txt --npy vectors.npy
+    """
+    from edgetx.runtimes import Session
+
+    items = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
+    if not items:
+        raise EdgetxError("no texts given: pass them as arguments or with --file")
+    session = Session(bundle, variant=variant, backend=backend)
+    vectors = session.embed(items, batch_size=batch_size)
+    if npy:
+        tmp = npy.with_name(npy.name + ".partial")
+        with open(tmp, "wb") as f:
+            np.save(f, vectors)
+        tmp.replace(npy)
+        console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {npy}")
+    else:
+        click.echo(json.dumps([{"text": t, "embedding": [round(float(x), 7) for x in v]}
+                               for t, v in zip(items, vectors)]))
 
 
 @main.command()

@@ -6,6 +6,8 @@ For a causal LM, against the golden I/O stored in the bundle:
   PyTorch did over every golden decode step, with logits within tolerance;
 - cache == recompute: the cached decode logits equal one full pass over the same tokens;
 - padded batch: a left-padded batch gives each row's logits within tolerance.
+For an encoder: hidden states and pooled embeddings (cosine) of a padded batch of real
+sentences, and padding invariance (each sentence alone gives the batch's embedding).
 Torch-free: runs through the same `Session` that apps use.
 """
 
@@ -19,7 +21,8 @@ from edgetx.bundle import Bundle
 from edgetx.errors import BundleError
 from edgetx.runtimes.generate import empty_cache, next_cache
 from edgetx.runtimes.session import Session
-from edgetx.tolerances import tolerance_for
+from edgetx.runtimes.pooling import pool
+from edgetx.tolerances import Tolerance, tolerance_for
 
 
 @dataclass
@@ -110,12 +113,46 @@ def verify_causal_lm(session: Session, golden: dict[str, np.ndarray], max_abs: f
     return checks
 
 
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(-1) / np.clip(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30, None)
+
+
+def verify_encoder(session: Session, golden: dict[str, np.ndarray], tolerance: Tolerance) -> list[Check]:
+    """Hidden states and pooled embeddings of a padded batch, and each row alone (padding invariance)."""
+    names = [s["name"] for s in session.inputs]
+    feeds = {n: golden[f"batch.{n}"] for n in names}
+    mask = feeds["attention_mask"].astype(bool)
+    hidden = session.run(feeds, ["last_hidden_state"])["last_hidden_state"]
+    diff = _max_abs(hidden[mask], golden["batch.last_hidden_state"][mask])
+    checks = [Check("hidden states", diff <= tolerance.max_abs, diff, f"{mask.shape[0]} sentences, real tokens")]
+    pooling = session.model.get("pooling", {})
+    embeddings = pool(hidden, feeds["attention_mask"], pooling)
+    cosine = float(_cosines(embeddings, golden["batch.embeddings"]).min())
+    diff = _max_abs(embeddings, golden["batch.embeddings"])
+    checks.append(Check("embeddings", cosine >= tolerance.min_cosine and diff <= tolerance.max_abs, diff,
+                        f"min cosine {cosine:.7f} ({pooling.get('mode', 'mean')} pooling"
+                        f"{', normalized' if pooling.get('normalize') else ''})"))
+    # Each row run alone, without padding, must give the batch's answer.
+    rows = range(min(4, mask.shape[0]))
+    alone = []
+    for row in rows:
+        length = int(mask[row].sum())
+        single = {n: feeds[n][row : row + 1, :length] for n in names}
+        out = session.run(single, ["last_hidden_state"])["last_hidden_state"]
+        alone.append(pool(out, single["attention_mask"], pooling)[0])
+    diff = _max_abs(np.stack(alone), golden["batch.embeddings"][list(rows)])
+    checks.append(Check("padding invariance", diff <= tolerance.max_abs, diff,
+                        f"{len(rows)} rows alone vs padded batch"))
+    return checks
+
+
 def verify(bundle: Bundle, backend: str = "ort-cpu", variants: list[str] | None = None,
            threads: int | None = None) -> list[ParityReport]:
     """Check every (or the named) variant of `bundle` on `backend` against its golden I/O."""
     kind = bundle.model.get("kind")
-    if kind != "causal-lm":
-        raise BundleError(f"{bundle.path}: parity for model kind {kind!r} is not implemented yet")
+    if kind not in ("causal-lm", "encoder"):
+        raise BundleError(f"{bundle.path}: parity for model kind {kind!r} is not implemented")
     golden = bundle.golden()
     reports = []
     for name in variants or list(bundle.variants):
@@ -123,6 +160,9 @@ def verify(bundle: Bundle, backend: str = "ort-cpu", variants: list[str] | None 
         tolerance = tolerance_for(variant.precision)
         session = Session(bundle, variant=name, backend=backend, threads=threads)
         report = ParityReport(name, backend, variant.precision, tolerance.to_dict())
-        report.checks = verify_causal_lm(session, golden, tolerance.max_abs)
+        if kind == "causal-lm":
+            report.checks = verify_causal_lm(session, golden, tolerance.max_abs)
+        else:
+            report.checks = verify_encoder(session, golden, tolerance)
         reports.append(report)
     return reports

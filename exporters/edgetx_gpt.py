@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from dataclasses import fields
 from pathlib import Path
 
 from edgetx.exporters.causal_lm import CausalLMSpec
 from edgetx.exporters.source import ExportSource, causal_lm_source
 from edgetx.models.data import validation_text
+from edgetx.models.model import GPTConfig
 from edgetx.models.train import DEFAULT_CHECKPOINT, load_checkpoint
 
 ARCHITECTURE = "edgetx-gpt"
 
 
 def is_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file() and \
-        '"n_embd"' in (path / "config.json").read_text()
+    """An edgetx checkpoint: model.safetensors plus a config.json with GPTConfig's fields only."""
+    config = path / "config.json"
+    if not (config.is_file() and (path / "model.safetensors").is_file()):
+        return False
+    try:
+        keys = set(json.loads(config.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        return False
+    return "n_embd" in keys and keys <= {f.name for f in fields(GPTConfig)}
 
 
 def load(path: Path = DEFAULT_CHECKPOINT) -> ExportSource:

@@ -50,16 +50,20 @@ def causal_lm_source(*, name: str, module: torch.nn.Module, forward: CausalLMFor
                         export=export, capture_golden=golden, source=source, source_sha256=source_sha256, **extra)
 
 
-def load_source(path: str | Path | None) -> ExportSource:
+def load_source(path: str | Path | None, *, allow_pickle: bool = False,
+                trust_remote_code: bool = False) -> ExportSource:
     """Pick the exporter family for `path` (None = the bundled reference checkpoint)."""
-    from edgetx.exporters import edgetx_gpt
+    from edgetx.exporters import edgetx_gpt, hf
 
     if path is None:
         return edgetx_gpt.load()
     path = Path(path)
     if not path.exists():
-        raise EdgetxError(f"{path}: no such model folder")
+        raise EdgetxError(f"{path}: no such model folder or file")
     if path.is_dir() and edgetx_gpt.is_checkpoint(path):
         return edgetx_gpt.load(path)
-    raise EdgetxError(f"{path}: not a model edgetx can export yet; it takes an edgetx checkpoint folder "
-                      "(config.json + model.safetensors written by `python -m edgetx.models.train`)")
+    if hf.is_hf_model(path):
+        return hf.load(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    raise EdgetxError(f"{path}: not a model edgetx can export; it takes an edgetx checkpoint folder "
+                      "(config.json + model.safetensors from `python -m edgetx.models.train`), a Hugging Face "
+                      "model folder (config.json with a model_type, plus safetensors) or a .gguf file")

@@ -69,7 +69,7 @@ def train(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     train_data, val_data = load_split("train"), load_split("val")
     config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                       block_size=args.block_size)
+                       block_size=args.block_size or args.seq_len)
     model = GPT(config)
     bf16 = args.bf16 if args.bf16 is not None else torch.backends.mkldnn.is_available()
     print(f"{model.num_parameters() / 1e6:.2f}M parameters; train {len(train_data) / 1e6:.1f} MB, "
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-layer", type=int, default=6)
     p.add_argument("--n-head", type=int, default=8)
     p.add_argument("--n-embd", type=int, default=256)
-    p.add_argument("--block-size", type=int, default=512)
+    p.add_argument("--block-size", type=int, default=None,
+                   help="longest context the checkpoint declares (default: --seq-len, the length it trained on)")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1337)

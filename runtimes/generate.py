@@ -19,7 +19,7 @@ import numpy as np
 
 from edgetx.errors import InputError
 from edgetx.runtimes.session import Session
-from edgetx.runtimes.tokenizer import Tokenizer, tokenizer_for
+from edgetx.runtimes.tokenizer import Tokenizer
 
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 
@@ -137,7 +137,7 @@ class Generator:
         if model.get("kind") != "causal-lm":
             raise InputError(f"{session.bundle.path} holds a {model.get('kind')!r} model; Generator needs a causal-lm")
         self.session = session
-        self.tokenizer = tokenizer or tokenizer_for(session.bundle.manifest.get("tokenizer", {}))
+        self.tokenizer = tokenizer or session.tokenizer
         self.max_positions: int = model["max_positions"]
         self.vocab_size: int = model["vocab_size"]
         self.finish_reason: str | None = None  # "length", "context", "stop" or "eos" after a run
@@ -178,7 +178,7 @@ class Generator:
             past += seq
             token = sample_next(outputs["logits"][0, -1], config, rng)
             yield token
-            if token == self.tokenizer.eos_token_id:
+            if token in self.tokenizer.eos_token_ids:
                 self.finish_reason = "eos"
                 return
             step_ids = np.array([[token]], dtype=np.int64)
@@ -197,7 +197,7 @@ class Generator:
         generated: list[int] = []
         released = b""
         for token in self.tokens(ids, config):
-            if token == self.tokenizer.eos_token_id:
+            if token in self.tokenizer.eos_token_ids:
                 break
             generated.append(token)
             text = self.tokenizer.decode(generated)
@@ -211,10 +211,14 @@ class Generator:
             if stops.stopped:
                 self.finish_reason = "stop"
                 return
-        if generated:
-            data = self.tokenizer.decode(generated).encode("utf-8")
-            stops.push(data[len(released):])
-        tail = utf8.decode(stops.flush(), final=True)
+        rest = b""
+        if generated:  # whatever was held back waiting for a character to complete
+            rest = stops.push(self.tokenizer.decode(generated).encode("utf-8")[len(released):])
+        if stops.stopped:
+            self.finish_reason = "stop"
+        else:
+            rest += stops.flush()
+        tail = utf8.decode(rest, final=True)
         if tail:
             yield tail
 

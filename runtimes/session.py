@@ -14,6 +14,8 @@ import numpy as np
 from edgetx.bundle import Bundle
 from edgetx.errors import InputError
 from edgetx.runtimes.base import RunResult, SessionOptions, get_backend
+from edgetx.runtimes.pooling import pool
+from edgetx.runtimes.tokenizer import Tokenizer, tokenizer_for
 
 
 def _dim_value(dim: int | str, sizes: dict[str, int]) -> int | None:
@@ -94,10 +96,44 @@ class Session:
         self.inputs: list[dict] = self.bundle.io["inputs"]
         self.outputs: list[dict] = self.bundle.io["outputs"]
         self.last_run_seconds: float | None = None
+        self._tokenizer: Tokenizer | None = None
 
     @property
     def model(self) -> dict:
         return self.bundle.model
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The bundle's tokenizer, loaded on first use."""
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_for(self.bundle)
+        return self._tokenizer
+
+    def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Sentence embeddings (len(texts), hidden) float32 for an encoder bundle, pooled as the
+        model's sentence-transformers config asks (e.g. mean pooling + L2 normalisation)."""
+        if self.model.get("kind") != "encoder":
+            raise InputError(f"{self.bundle.path} holds a {self.model.get('kind')!r} model; embed needs an encoder")
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InputError("embed takes a list of strings")
+        names = [spec["name"] for spec in self.inputs]
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            chunks.append(self._embed_batch(texts[start : start + batch_size], names))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.model["hidden_size"]), np.float32)
+
+    def _embed_batch(self, texts: list[str], names: list[str]) -> np.ndarray:
+        ids, type_ids = self.tokenizer.encode_batch(texts, self.model["max_positions"])
+        width = max(len(i) for i in ids)
+        batch = {"input_ids": np.full((len(ids), width), self.tokenizer.pad_token_id, np.int64),
+                 "attention_mask": np.zeros((len(ids), width), np.int64),
+                 "token_type_ids": np.zeros((len(ids), width), np.int64)}
+        for row, (tokens, types) in enumerate(zip(ids, type_ids)):
+            batch["input_ids"][row, : len(tokens)] = tokens
+            batch["attention_mask"][row, : len(tokens)] = 1
+            batch["token_type_ids"][row, : len(types)] = types
+        hidden = self.run({n: batch[n] for n in names}, ["last_hidden_state"])["last_hidden_state"]
+        return pool(hidden, batch["attention_mask"], self.model.get("pooling", {}))
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Validate `feeds` against the manifest, run, and return the outputs by name."""

@@ -64,7 +64,7 @@ def test_missing_bundle_is_one_clear_line(tmp_path):
 
 def test_build_refuses_unknown_model_folder(tmp_path):
     result = run("build", tmp_path, "--out", tmp_path / "out")
-    assert result.exit_code == 1 and "not a model edgetx can export yet" in result.stderr
+    assert result.exit_code == 1 and "not a model edgetx can export" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
