@@ -75,7 +75,7 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
     """
     _require_export_extra()
     from edgetx.exporters.source import load_source
-    from edgetx.parity import verify
+    from edgetx.parity import measure_fp32_tolerance, verify
 
     with BundleWriter(out, overwrite=force) as writer:
         with stage("load model"):
@@ -107,8 +107,9 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
                            "export_seconds": round(export_seconds, 1), "export_notes": source.notes,
                            "versions": _versions()},
         }
-        with stage("verify fp32 on onnxruntime CPU against the golden I/O"):
+        with stage("measure the fp32 tolerance and verify on onnxruntime CPU against the golden I/O"):
             provisional = Bundle(writer.tmp, {**manifest, "files": {}})
+            manifest["variants"]["fp32"]["tolerance"] = measure_fp32_tolerance(provisional).to_dict()
             reports = verify(provisional, backend="ort-cpu")
         failed = [r for r in reports if not r.passed]
         if failed:

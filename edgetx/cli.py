@@ -19,6 +19,8 @@ from edgetx import __version__
 from edgetx.errors import EdgetxError
 
 console = Console(stderr=True)  # progress and tables on stderr; generated text and --json on stdout
+if not console.is_terminal:  # logs and CI: wide enough that parity tables do not wrap
+    console.width = 120
 DEFAULT_OUT = "dist/edgetx-gpt"
 
 
@@ -102,31 +104,92 @@ def _print_parity(reports: list[dict]) -> None:
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--variant", "variants", multiple=True, help="Variant(s) to check (default: all).")
-@click.option("--backend", default="ort-cpu", show_default=True, help="Backend to run on (see `edgetx backends`).")
+@click.option("--backend", "backends", multiple=True,
+              help="Backend(s) to run on (default: ort-cpu; see `edgetx backends`).")
+@click.option("--all", "all_backends", is_flag=True, help="Every variant on every backend available here.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: the backend's).")
+@click.option("--explain", is_flag=True, help="Find where a variant parts ways with a reference, block by block.")
+@click.option("--against", default=None,
+              help="With --explain: reference side: a variant, an .onnx file, or 'pytorch' (default: fp32, "
+                   "or PyTorch for fp32).")
+@click.option("--against-backend", default=None, help="With --explain: run the reference side on this backend.")
+@click.option("--rel-tol", type=float, default=None, help="With --explain: divergence threshold, relative to "
+              "each value's scale (default 1e-4).")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON on stdout.")
-def verify(bundle: Path, variants: tuple[str, ...], backend: str, threads: int | None, as_json: bool) -> None:
+def verify(bundle: Path, variants: tuple[str, ...], backends: tuple[str, ...], all_backends: bool,
+           threads: int | None, explain: bool, against: str | None, against_backend: str | None,
+           rel_tol: float | None, as_json: bool) -> None:
     """Check BUNDLE's variants against the golden I/O captured from PyTorch.
 
-    Exit status 1 if any check fails.
+    Exit status 1 if any check fails (with --explain: if a divergence is found).
 
     \b
-    Example:
+    Examples:
       edgetx verify dist/edgetx-gpt --json > parity.json
+      edgetx verify dist/edgetx-gpt --all                      # variant x backend matrix
+      edgetx verify dist/edgetx-gpt --explain --variant int8   # where does int8 leave fp32?
+      edgetx verify dist/edgetx-gpt --explain --against pytorch
     """
     from edgetx.bundle import Bundle
-    from edgetx.parity import verify as run_verify
 
     loaded = Bundle.load(bundle)
+    if explain:
+        _explain(loaded, variants, backends, against, against_backend, rel_tol, as_json)
+        return
+    from edgetx.parity import verify_matrix
+
+    chosen = None if all_backends else list(backends) or ["ort-cpu"]
     with console.status("verifying ..."):
-        reports = [r.to_dict() for r in run_verify(loaded, backend=backend, variants=list(variants) or None,
-                                                   threads=threads)]
+        reports = [r for r in verify_matrix(loaded, backends=chosen, threads=threads)
+                   if not variants or r.variant in variants]
+    reports = [r.to_dict() for r in reports]
     if as_json:
         click.echo(json.dumps(reports, indent=2))
     else:
         _print_parity(reports)
+        if all_backends or len(chosen or []) > 1:
+            _print_matrix(reports)
     if not all(r["passed"] for r in reports):
         console.print("[bold red]parity failed[/]")
+        sys.exit(1)
+
+
+def _print_matrix(reports: list[dict]) -> None:
+    backends = sorted({r["backend"] for r in reports})
+    table = Table(title="variant x backend")
+    table.add_column("variant")
+    for b in backends:
+        table.add_column(b)
+    for variant in dict.fromkeys(r["variant"] for r in reports):
+        cells = []
+        for b in backends:
+            r = next((r for r in reports if r["variant"] == variant and r["backend"] == b), None)
+            cells.append("-" if r is None else ("[green]pass[/]" if r["passed"] else "[red]FAIL[/]")
+                         + f" {r['max_abs']:.1e}")
+        table.add_row(variant, *cells)
+    console.print(table)
+
+
+def _explain(bundle, variants, backends, against, against_backend, rel_tol, as_json) -> None:
+    from edgetx.explain import explain_bundle, render
+
+    variant = variants[0] if variants else "fp32"
+    backend = backends[0] if backends else "ort-cpu"
+    kwargs = {"rel_tol": rel_tol} if rel_tol is not None else {}
+    with console.status(f"comparing {variant} block by block ..."):
+        report = explain_bundle(bundle, variant, against=against, backend=backend, against_backend=against_backend,
+                                **kwargs)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        table = Table(title=f"{report.side_a} vs {report.side_b}")
+        for col in ("where", "values compared", "worst diff / scale", "first value over tolerance"):
+            table.add_column(col)
+        for row in render(report):
+            table.add_row(*row)
+        console.print(table)
+        console.print(escape(report.summary()), highlight=False, soft_wrap=True)
+    if report.diverged:
         sys.exit(1)
 
 

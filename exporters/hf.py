@@ -276,4 +276,5 @@ def _encoder_source(folder, config, tokenizer, tokenizer_files, *, source, sourc
                "max_positions": max_positions, "pooling": pooling,
                "parameters": sum(p.numel() for p in model.parameters())},
         tokenizer=tokenizer_block, io=spec.io_signature(), export=export, capture_golden=golden,
-        source=source, source_sha256=source_sha256, extra_files=tokenizer_files)
+        source=source, source_sha256=source_sha256, extra_files=tokenizer_files, module=model,
+        run_torch=lambda feeds: model(**{n: torch.tensor(np.array(feeds[n])) for n in names}))

@@ -29,6 +29,8 @@ class ExportSource:
     source_sha256: str
     extra_files: dict[str, Path] = field(default_factory=dict)  # bundle path -> file to copy in
     notes: list[str] = field(default_factory=list)  # adjustments made for export, recorded in provenance
+    module: torch.nn.Module | None = None  # the PyTorch model, for `verify --explain --against pytorch`
+    run_torch: Callable[[dict[str, np.ndarray]], object] | None = None  # graph feeds -> PyTorch forward
 
 
 def causal_lm_source(*, name: str, module: torch.nn.Module, forward: CausalLMForward, spec: CausalLMSpec,
@@ -43,11 +45,18 @@ def causal_lm_source(*, name: str, module: torch.nn.Module, forward: CausalLMFor
         arrays = capture_golden(forward, spec, prompts, GOLDEN_DECODE_STEPS)
         return arrays, {"decode_steps": GOLDEN_DECODE_STEPS, "prompts": prompt_texts}
 
+    def run_torch(feeds: dict[str, np.ndarray]):
+        tensor = {name: torch.tensor(np.array(value)) for name, value in feeds.items()}
+        past = [(tensor[f"past_key_values.{i}.key"], tensor[f"past_key_values.{i}.value"]) for i in range(spec.num_layers)]
+        with torch.no_grad():
+            return forward(tensor["input_ids"], tensor["attention_mask"], tensor["position_ids"], past)
+
     model = {"name": name, "kind": "causal-lm", "vocab_size": spec.vocab_size,
              "max_positions": spec.max_positions, "num_layers": spec.num_layers,
              "num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim, **facts}
     return ExportSource(name=name, kind="causal-lm", model=model, tokenizer=tokenizer, io=spec.io_signature(),
-                        export=export, capture_golden=golden, source=source, source_sha256=source_sha256, **extra)
+                        export=export, capture_golden=golden, source=source, source_sha256=source_sha256,
+                        module=module, run_torch=run_torch, **extra)
 
 
 def load_source(path: str | Path | None, *, allow_pickle: bool = False,

@@ -27,6 +27,7 @@ class SessionOptions:
     """Options every backend understands; a backend ignores what does not apply to it."""
 
     threads: int | None = None  # intra-op threads; None = the backend's default
+    graph_optimization: str | None = None  # "disabled", "basic", "extended", "all"; None = default
     extra: dict[str, str] = field(default_factory=dict)  # backend-specific settings
 
 

@@ -53,6 +53,15 @@ class OrtCpuBackend(Backend):
         if options.threads:
             so.intra_op_num_threads = options.threads
             so.inter_op_num_threads = 1
+        if options.graph_optimization:
+            levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                      "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                      "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                      "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+            if options.graph_optimization not in levels:
+                raise BackendError(f"graph_optimization must be one of {', '.join(levels)}, "
+                                   f"not {options.graph_optimization!r}")
+            so.graph_optimization_level = levels[options.graph_optimization]
         for key, value in options.extra.items():
             so.add_session_config_entry(key, value)
         try:

@@ -87,12 +87,13 @@ class Session:
     """
 
     def __init__(self, bundle: Bundle | str | os.PathLike, variant: str = "fp32", backend: str = "ort-cpu",
-                 threads: int | None = None, verify_hashes: bool = True):
+                 threads: int | None = None, verify_hashes: bool = True, graph_optimization: str | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, verify_hashes=verify_hashes)
         self.variant = self.bundle.variant(variant)
         self.backend = get_backend(backend)
         self.model_path: Path = self.bundle.file(self.variant.file)
-        self._session = self.backend.create_session(self.model_path, SessionOptions(threads=threads))
+        options = SessionOptions(threads=threads, graph_optimization=graph_optimization)
+        self._session = self.backend.create_session(self.model_path, options)
         self.inputs: list[dict] = self.bundle.io["inputs"]
         self.outputs: list[dict] = self.bundle.io["outputs"]
         self.last_run_seconds: float | None = None

@@ -13,7 +13,8 @@ from edgetx.parity import verify
 def test_tiny_bundle_passes_all_checks(tiny_bundle_master):
     (report,) = verify(Bundle.load(tiny_bundle_master))
     assert report.passed
-    assert [c.name for c in report.checks] == ["prefill", "greedy decode", "cache == recompute", "padded batch"]
+    assert [c.name for c in report.checks] == ["prefill", "greedy decode", "cache == recompute", "padded batch",
+                                              "padding invariance"]
     assert report.max_abs < 1e-4
 
 
