@@ -116,9 +116,10 @@ def _print_parity(reports: list[dict]) -> None:
 @click.option("--rel-tol", type=float, default=None, help="With --explain: divergence threshold, relative to "
               "each value's scale (default 1e-4).")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON on stdout.")
+@click.option("--markdown", is_flag=True, help="Print the reports as a markdown table on stdout.")
 def verify(bundle: Path, variants: tuple[str, ...], backends: tuple[str, ...], all_backends: bool,
            threads: int | None, explain: bool, against: str | None, against_backend: str | None,
-           rel_tol: float | None, as_json: bool) -> None:
+           rel_tol: float | None, as_json: bool, markdown: bool) -> None:
     """Check BUNDLE's variants against the golden I/O captured from PyTorch.
 
     Exit status 1 if any check fails (with --explain: if a divergence is found).
@@ -134,9 +135,9 @@ def verify(bundle: Path, variants: tuple[str, ...], backends: tuple[str, ...], a
 
     loaded = Bundle.load(bundle)
     if explain:
-        _explain(loaded, variants, backends, against, against_backend, rel_tol, as_json)
+        _explain(loaded, variants, backends, against, against_backend, rel_tol, as_json, markdown)
         return
-    from edgetx.parity import verify_matrix
+    from edgetx.parity import to_markdown, verify_matrix
 
     chosen = None if all_backends else list(backends) or ["ort-cpu"]
     with console.status("verifying ..."):
@@ -145,6 +146,8 @@ def verify(bundle: Path, variants: tuple[str, ...], backends: tuple[str, ...], a
     reports = [r.to_dict() for r in reports]
     if as_json:
         click.echo(json.dumps(reports, indent=2))
+    elif markdown:
+        click.echo(to_markdown(reports))
     else:
         _print_parity(reports)
         if all_backends or len(chosen or []) > 1:
@@ -170,7 +173,7 @@ def _print_matrix(reports: list[dict]) -> None:
     console.print(table)
 
 
-def _explain(bundle, variants, backends, against, against_backend, rel_tol, as_json) -> None:
+def _explain(bundle, variants, backends, against, against_backend, rel_tol, as_json, markdown) -> None:
     from edgetx.explain import explain_bundle, render
 
     variant = variants[0] if variants else "fp32"
@@ -181,6 +184,8 @@ def _explain(bundle, variants, backends, against, against_backend, rel_tol, as_j
                                 **kwargs)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
+    elif markdown:
+        click.echo(report.to_markdown())
     else:
         table = Table(title=f"{report.side_a} vs {report.side_b}")
         for col in ("where", "values compared", "worst diff / scale", "first value over tolerance"):

@@ -78,6 +78,12 @@ class Explanation:
         return {"side_a": self.side_a, "side_b": self.side_b, "rel_tol": self.rel_tol, "compared": self.compared,
                 "first_divergence": asdict(self.first) if self.first else None, "groups": self.groups}
 
+    def to_markdown(self) -> str:
+        lines = [f"### {self.side_a} vs {self.side_b}", "",
+                 "| where | values compared | worst diff / scale | first value over tolerance |", "|---|---|---|---|"]
+        lines += [f"| {' | '.join(row)} |" for row in render(self)]
+        return "\n".join(lines + ["", self.summary(), ""])
+
     def summary(self) -> str:
         if self.first is None:
             return (f"no divergence: {self.compared} values agree within {self.rel_tol:g} (relative to each "

@@ -59,6 +59,18 @@ class ParityReport:
                 "checks": [asdict(c) for c in self.checks]}
 
 
+def to_markdown(reports: list[ParityReport | dict]) -> str:
+    """A compact markdown table of parity reports (one row per check)."""
+    lines = ["| variant | backend | check | max abs diff | tolerance | detail | result |", "|---|---|---|---|---|---|---|"]
+    for report in reports:
+        r = report.to_dict() if isinstance(report, ParityReport) else report
+        for c in r["checks"]:
+            diff = "-" if c["max_abs"] is None else f"{c['max_abs']:.2e}"
+            lines.append(f"| {r['variant']} | {r['backend']} | {c['name']} | {diff} | {r['tolerance']['max_abs']:.1e} "
+                         f"| {c['detail']} | {'pass' if c['passed'] else 'FAIL'} |")
+    return "\n".join(lines) + "\n"
+
+
 def causal_feeds(session: Session, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
                  position_ids: np.ndarray | None = None, cache: dict[str, np.ndarray] | None = None) -> dict:
     """Graph inputs for a causal LM: no mask = all ones, no positions = counting from the past."""

@@ -71,3 +71,9 @@ def test_build_refuses_unknown_model_folder(tmp_path):
 def test_backends_lists_ort_cpu():
     result = run("backends")
     assert result.exit_code == 0 and "ort-cpu" in result.stderr
+
+
+def test_verify_markdown(tiny_bundle_master):
+    result = run("verify", tiny_bundle_master, "--markdown")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("| variant | backend | check |") and "| cache == recompute |" in result.stdout

@@ -30,3 +30,17 @@ def test_build_without_torch_says_what_to_install(tmp_path):
     result = run_python(BLOCK_TORCH + f"from edgetx.cli import main; main(['build', '--out', {str(tmp_path / 'b')!r}])")
     assert result.returncode == 1
     assert "pip install 'edgetx[export]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_explain_onnx_vs_onnx_without_torch(tiny_bundle_master):
+    code = BLOCK_TORCH + f"""
+from edgetx.bundle import Bundle
+from edgetx.explain import explain_bundle
+bundle = Bundle.load({str(tiny_bundle_master)!r})
+report = explain_bundle(bundle, "fp32", against="fp32")
+print(report.diverged, report.compared)
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    diverged, compared = result.stdout.split()
+    assert diverged == "False" and int(compared) > 10
