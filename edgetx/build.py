@@ -8,6 +8,7 @@ the target unless every stage succeeds.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import shutil
 import time
@@ -66,12 +67,33 @@ def _export_failed(source, out: str | Path, error: Exception) -> EdgetxError:
                        "adjustment, add a small named one in exporters/hf.py (_ADJUSTMENTS).")
 
 
+def _optimize_fp32(provisional: Bundle, writer: BundleWriter) -> dict:
+    """Select the fp32 graph by measurement and put the winner at fp32/model.onnx."""
+    import onnx_ir as ir
+
+    from edgetx.optimize import select_graph
+
+    def write(name: str, model) -> str:
+        rel = f"candidates/{name}/model.onnx"
+        ir.save(model, writer.path(rel))
+        return rel
+
+    selection = select_graph(provisional, "fp32/model.onnx", write, target="ort-cpu")
+    winner = next(c for c in selection.candidates if c["kept"])
+    os.replace(writer.path(winner["file"]), writer.path("fp32/model.onnx"))
+    shutil.rmtree(writer.path("candidates/x").parent, ignore_errors=True)
+    for candidate in selection.candidates:
+        candidate.pop("file", None)
+    return selection.to_dict()
+
+
 def build(model: str | Path | None, out: str | Path, *, force: bool = False, allow_pickle: bool = False,
-          trust_remote_code: bool = False, stage: StageReporter = _silent) -> Bundle:
+          trust_remote_code: bool = False, optimize: bool = True, stage: StageReporter = _silent) -> Bundle:
     """Build a bundle for `model` (None = the reference checkpoint) at `out`.
 
     `allow_pickle` permits pickle weight files (loaded with weights_only=True);
     `trust_remote_code` lets transformers run a model folder's own Python code.
+    `optimize` builds fused candidates of the fp32 graph and keeps the fastest that passes parity.
     """
     _require_export_extra()
     from edgetx.exporters.source import load_source
@@ -107,9 +129,13 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
                            "export_seconds": round(export_seconds, 1), "export_notes": source.notes,
                            "versions": _versions()},
         }
-        with stage("measure the fp32 tolerance and verify on onnxruntime CPU against the golden I/O"):
+        with stage("measure the fp32 tolerance (PyTorch vs onnxruntime CPU configurations)"):
             provisional = Bundle(writer.tmp, {**manifest, "files": {}})
             manifest["variants"]["fp32"]["tolerance"] = measure_fp32_tolerance(provisional).to_dict()
+        if optimize:
+            with stage("optimize: fuse, verify and time graph candidates on onnxruntime CPU"):
+                manifest["optimization"] = _optimize_fp32(provisional, writer)
+        with stage("verify the kept fp32 graph against the golden I/O"):
             reports = verify(provisional, backend="ort-cpu")
         failed = [r for r in reports if not r.passed]
         if failed:

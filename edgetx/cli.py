@@ -11,16 +11,13 @@ from pathlib import Path
 
 import click
 import numpy as np
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from edgetx import __version__
 from edgetx.errors import EdgetxError
+from edgetx.tables import console, print_candidates, print_matrix, print_onnx, print_parity
 
-console = Console(stderr=True)  # progress and tables on stderr; generated text and --json on stdout
-if not console.is_terminal:  # logs and CI: wide enough that parity tables do not wrap
-    console.width = 120
 DEFAULT_OUT = "dist/edgetx-gpt"
 
 
@@ -68,7 +65,9 @@ def _stage(title: str) -> Iterator[None]:
 @click.option("--allow-pickle", is_flag=True,
               help="Accept pickle weight files (pytorch_model.bin); loaded with weights_only=True.")
 @click.option("--trust-remote-code", is_flag=True, help="Let transformers run the model folder's own Python code.")
-def build(model: Path | None, out: Path, force: bool, allow_pickle: bool, trust_remote_code: bool) -> None:
+@click.option("--no-optimize", is_flag=True, help="Keep the exported graph as is (no fused candidates).")
+def build(model: Path | None, out: Path, force: bool, allow_pickle: bool, trust_remote_code: bool,
+          no_optimize: bool) -> None:
     """Export MODEL to a verified bundle (default MODEL: the reference checkpoint).
 
     MODEL is an edgetx checkpoint folder, a Hugging Face model folder (config.json +
@@ -84,21 +83,46 @@ def build(model: Path | None, out: Path, force: bool, allow_pickle: bool, trust_
     from edgetx.build import build as build_bundle
 
     bundle = build_bundle(model, out, force=force, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                          stage=_stage)
-    _print_parity([v.parity for v in bundle.variants.values() if v.parity])
+                          optimize=not no_optimize, stage=_stage)
+    if "optimization" in bundle.manifest:
+        print_candidates(bundle.manifest["optimization"])
+    print_parity([v.parity for v in bundle.variants.values() if v.parity])
     console.print(f"bundle written to [bold]{bundle.path}[/]")
 
 
-def _print_parity(reports: list[dict]) -> None:
-    table = Table(title="parity vs PyTorch golden I/O")
-    for col in ("variant", "backend", "check", "max |diff|", "tolerance", "detail", "result"):
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
+@click.option("--passes", default="ort-fusions", show_default=True,
+              help="Which candidate's passes: ort-fusions, ort-offline-extended, ort-fusions+ort-offline-extended.")
+def optimize(src: Path, out: Path, passes: str) -> None:
+    """Fuse one ONNX file for onnxruntime and print the op histogram before -> after.
+
+    Inside `edgetx build`, every candidate is verified against the golden I/O and timed, and the
+    fastest that passes is kept; this command applies one candidate to a file you give it.
+
+    \b
+    Example:
+      edgetx optimize dist/edgetx-gpt/fp32/model.onnx -o /tmp/fused.onnx
+    """
+    from edgetx.optimize import optimize_file
+
+    with console.status(f"applying {passes} ..."):
+        log = optimize_file(src, out, passes)
+    before, after = log[0]["ops_before"], log[-1]["ops_after"]
+    table = Table(title=f"{src.name} -> {out.name}: {sum(before.values())} -> {sum(after.values())} nodes")
+    for col in ("op", "before", "after"):
         table.add_column(col)
-    for r in reports:
-        for c in r["checks"]:
-            diff = "-" if c["max_abs"] is None else f"{c['max_abs']:.2e}"
-            table.add_row(r["variant"], r["backend"], c["name"], diff, f"{r['tolerance']['max_abs']:.0e}",
-                          c["detail"], "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]")
+    for op in sorted(set(before) | set(after), key=lambda o: -max(before.get(o, 0), after.get(o, 0))):
+        if before.get(op, 0) != after.get(op, 0):
+            table.add_row(op, str(before.get(op, 0)), str(after.get(op, 0)))
     console.print(table)
+    for entry in log:
+        if entry.get("fusions"):
+            console.print(f"{entry['pass']}: " + ", ".join(f"{k} x{v}" for k, v in entry["fusions"].items()))
+    console.print(f"wrote {out}")
+
 
 
 @main.command()
@@ -149,28 +173,13 @@ def verify(bundle: Path, variants: tuple[str, ...], backends: tuple[str, ...], a
     elif markdown:
         click.echo(to_markdown(reports))
     else:
-        _print_parity(reports)
+        print_parity(reports)
         if all_backends or len(chosen or []) > 1:
-            _print_matrix(reports)
+            print_matrix(reports)
     if not all(r["passed"] for r in reports):
         console.print("[bold red]parity failed[/]")
         sys.exit(1)
 
-
-def _print_matrix(reports: list[dict]) -> None:
-    backends = sorted({r["backend"] for r in reports})
-    table = Table(title="variant x backend")
-    table.add_column("variant")
-    for b in backends:
-        table.add_column(b)
-    for variant in dict.fromkeys(r["variant"] for r in reports):
-        cells = []
-        for b in backends:
-            r = next((r for r in reports if r["variant"] == variant and r["backend"] == b), None)
-            cells.append("-" if r is None else ("[green]pass[/]" if r["passed"] else "[red]FAIL[/]")
-                         + f" {r['max_abs']:.1e}")
-        table.add_row(variant, *cells)
-    console.print(table)
 
 
 def _explain(bundle, variants, backends, against, against_backend, rel_tol, as_json, markdown) -> None:
@@ -300,13 +309,16 @@ def inspect(target: Path, as_json: bool) -> None:
                                       "parity_max_abs": (variant.parity or {}).get("max_abs"),
                                       **inspect_onnx(bundle.file(variant.file))}
         info["provenance"] = bundle.manifest["provenance"]
+        info["optimization"] = bundle.manifest.get("optimization")
     else:
         info = inspect_onnx(target)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     for name, entry in (info["variants"].items() if "variants" in info else [(target.name, info)]):
-        _print_onnx(name, entry)
+        print_onnx(name, entry)
+    if info.get("optimization"):
+        print_candidates(info["optimization"])
     if "model" in info:
         facts = ", ".join(f"{k}={v}" for k, v in info["model"].items())
         console.print(f"[bold]model[/]: {facts}")
@@ -314,33 +326,6 @@ def inspect(target: Path, as_json: bool) -> None:
         console.print(f"[bold]provenance[/]: {info['provenance'].get('exporter')}, opset "
                       f"{info['provenance'].get('opset')}, " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
-
-def _print_onnx(name: str, info: dict) -> None:
-    head = f"[bold]{name}[/]: {info['file']}  {info['bytes'] / 1e6:.2f} MB, {info['parameters'] / 1e6:.2f}M params, " \
-           f"{info['nodes']} nodes, opsets {info['opsets']}"
-    if info.get("precision"):
-        verdict = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "not run"}[info.get("parity_passed")]
-        head += f", precision {info['precision']}, parity {verdict}"
-        if info.get("parity_max_abs") is not None:
-            head += f" (max |diff| {info['parity_max_abs']:.2e})"
-    console.print(head)
-    io_table = Table(show_header=True, box=None)
-    for col in ("", "name", "dtype", "shape"):
-        io_table.add_column(col)
-    for kind in ("inputs", "outputs"):
-        rows = info[kind]
-        shown = rows if len(rows) <= 8 else rows[:5]
-        for v in shown:
-            io_table.add_row(kind[:-1], v["name"], v["dtype"], str(v["shape"]))
-        if len(rows) > len(shown):
-            io_table.add_row(kind[:-1], f"... {len(rows) - len(shown)} more", "", "")
-    console.print(io_table)
-    ops = Table(title="op histogram", show_header=True)
-    ops.add_column("op")
-    ops.add_column("count", justify="right")
-    for op, count in info["ops"].items():
-        ops.add_row(op, str(count))
-    console.print(ops)
 
 
 @main.command()

@@ -214,6 +214,11 @@ def explain_bundle(bundle, variant: str = "fp32", against: str | None = None, ba
     target = bundle.file(bundle.variant(variant).file)
     if against is None:
         against = "fp32" if variant != "fp32" else (variant if against_backend else "pytorch")
+    optimization = bundle.manifest.get("optimization") or {}
+    if against == "pytorch" and optimization.get("winner", "unfused") != "unfused":
+        raise EdgetxError(f"{bundle.path}'s fp32 graph is the fused candidate {optimization['winner']!r}: values "
+                          "inside fused ops have no PyTorch module to compare with. Rebuild with --no-optimize to "
+                          "compare with PyTorch module by module, or compare two ONNX sides with --against")
     if against == "pytorch":
         try:
             from edgetx.exporters.explain_torch import explain_torch

@@ -19,6 +19,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
+from edgetx import metrics
+
 FP32_SPREAD_FACTOR = 10.0
 FP32_FLOOR = 1e-5  # below this, float32 rounding of logits of magnitude ~10 is already visible
 MIN_COSINE_FP32 = 0.99999
@@ -36,9 +40,24 @@ class Tolerance:
     min_cosine: float  # smallest allowed cosine of pooled embeddings (encoders)
     method: str  # how the numbers were chosen (recorded in the manifest)
     measured_spread: float | None = None
+    # Quantized precisions are judged on distributions, not on max-abs: mean KL divergence of
+    # the next-token distribution and top-1 agreement with the reference (None = not used).
+    max_kld: float | None = None
+    min_top1: float | None = None
+    min_cosine_mean: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def compare_logits(self, ref: np.ndarray, got: np.ndarray) -> tuple[bool, float, str]:
+        """(passed, max |diff|, detail) for two sets of logits (..., vocab) under this tolerance."""
+        diff = metrics.max_abs(ref, got)
+        if self.max_kld is None:
+            return diff <= self.max_abs, diff, ""
+        kld = float(metrics.kl_divergence(ref, got).mean())
+        top1 = metrics.top1_agreement(ref, got)
+        passed = kld <= self.max_kld and top1 >= (self.min_top1 or 0.0)
+        return passed, diff, f"mean KL {kld:.2e} (<= {self.max_kld:g}), top-1 {top1:.3f} (>= {self.min_top1:g})"
 
     @classmethod
     def from_dict(cls, data: dict) -> "Tolerance":
@@ -50,6 +69,24 @@ DEFAULT_FP32 = Tolerance(
     method="default for bundles without a measured budget: ~50-100x the PyTorch-vs-onnxruntime fp32 "
            "spread (~1e-5) seen on the reference GPT",
 )
+
+
+# Gates for quantized variants (issue defaults): decoders by mean KL divergence and top-1
+# agreement of the next-token distribution, encoders by cosine of pooled embeddings.
+QUANTIZED: dict[str, Tolerance] = {
+    "int8": Tolerance("int8", max_abs=float("inf"), greedy_must_match=False, min_cosine=0.99, max_kld=0.01,
+                      min_top1=0.97, min_cosine_mean=0.995,
+                      method="gate: mean KL <= 0.01 and top-1 >= 97% vs fp32 (decoders); cosine mean >= 0.995, "
+                             "min >= 0.99 (encoders)"),
+    "int4": Tolerance("int4", max_abs=float("inf"), greedy_must_match=False, min_cosine=0.98, max_kld=0.05,
+                      min_top1=0.90, min_cosine_mean=0.99,
+                      method="gate: mean KL <= 0.05 and top-1 >= 90% vs fp32 (decoders); cosine mean >= 0.99, "
+                             "min >= 0.98 (encoders)"),
+    "fp16": Tolerance("fp16", max_abs=float("inf"), greedy_must_match=False, min_cosine=0.9999, max_kld=1e-3,
+                      min_top1=0.99, min_cosine_mean=0.99995,
+                      method="gate: mean KL <= 1e-3 and top-1 >= 99% vs fp32 (decoders); cosine mean >= 0.99995, "
+                             "min >= 0.9999 (encoders)"),
+}
 
 
 def from_spread(precision: str, spread: float, configurations: list[str]) -> Tolerance:
@@ -70,4 +107,6 @@ def tolerance_for(precision: str, recorded: dict | None = None) -> Tolerance:
         return Tolerance.from_dict(recorded)
     if precision == "fp32":
         return DEFAULT_FP32
-    raise KeyError(f"no parity tolerance defined for precision {precision!r} (defined: fp32)")
+    if precision in QUANTIZED:
+        return QUANTIZED[precision]
+    raise KeyError(f"no parity tolerance defined for precision {precision!r} (defined: fp32, {', '.join(QUANTIZED)})")

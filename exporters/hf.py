@@ -48,6 +48,7 @@ def _offline() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # the GGUF de-quantization bar; build stages show progress
 
 
 def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:

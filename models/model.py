@@ -49,8 +49,10 @@ class GPTConfig:
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    """(x1, x2) -> (-x2, x1) over the two halves of the last dim. Written with slices, as Llama
+    does, so the exported graph matches onnxruntime's RotaryEmbedding fusion pattern."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class Rotary(nn.Module):
@@ -63,9 +65,12 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq  # (B, S, d/2)
-        angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, S, d)
-        return angles.cos(), angles.sin()
+        # An outer product written as a matmul, as Llama does: onnxruntime's RotaryEmbedding
+        # fusion recognises this form and replaces it with a cos/sin cache.
+        inv_freq = self.inv_freq[None, :, None].expand(position_ids.shape[0], -1, 1)  # (B, d/2, 1)
+        freqs = (inv_freq @ position_ids[:, None, :].float()).transpose(1, 2)  # (B, S, d/2)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (B, S, d)
+        return angles.cos()[:, None], angles.sin()[:, None]  # (B, 1, S, d)
 
 
 class CausalSelfAttention(nn.Module):

@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from edgetx.build import build
 from edgetx.bundle import Bundle, sha256_file
 from edgetx.cli import main
+from edgetx.errors import EdgetxError
 from edgetx.explain import explain, explain_bundle, module_path
 from edgetx.models.model import GPT, GPTConfig
 from edgetx.parity import golden_feeds
@@ -31,7 +32,8 @@ def three_block_bundle(tmp_path_factory):
     model = GPT(GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=256))
     model.config.save(folder / "config.json")
     save_model(model, str(folder / "model.safetensors"))
-    return build(folder, tmp_path_factory.mktemp("b") / "bundle"), folder
+    # Unfused: comparing with PyTorch module by module needs the graph as exported.
+    return build(folder, tmp_path_factory.mktemp("b") / "bundle", optimize=False), folder
 
 
 def _matmul_of(model, module: str):
@@ -126,6 +128,14 @@ def test_explain_bundle_defaults_to_pytorch_for_fp32(three_block_bundle):
     assert report.side_a == "PyTorch" and not report.diverged
 
 
+def test_fused_bundle_refuses_pytorch_comparison_with_a_reason(tiny_bundle):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    manifest["optimization"]["winner"] = "ort-fusions"  # as when the fused graph was the fastest
+    (tiny_bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgetxError, match="Rebuild with --no-optimize"):
+        explain_bundle(Bundle.load(tiny_bundle), "fp32", against="pytorch")
+
+
 def test_verify_all_prints_the_matrix(three_block_bundle):
     bundle, _ = three_block_bundle
     result = CliRunner().invoke(main, ["verify", str(bundle.path), "--all"])
@@ -137,5 +147,6 @@ def test_measured_tolerance_is_recorded(three_block_bundle):
     tolerance = bundle.manifest["variants"]["fp32"]["tolerance"]
     assert tolerance["measured_spread"] is not None
     assert tolerance["max_abs"] == max(10 * tolerance["measured_spread"], 1e-5)
+    assert "optimization" not in bundle.manifest  # built with optimize=False
     assert "1 thread, 2 threads, no graph optimizations" in tolerance["method"]
     assert bundle.variant("fp32").parity["tolerance"] == tolerance

@@ -8,7 +8,6 @@ import torch
 
 from hf_models import save_tiny
 from edgetx.build import build
-from edgetx.bundle import Bundle
 from edgetx.errors import EdgetxError
 from edgetx.runtimes import GenerationConfig, Generator, Session
 

@@ -55,6 +55,8 @@ def test_minilm_embeddings_match_sentence_transformers_pooling(tmp_path):
     bundle = build(folder, tmp_path / "minilm")
     assert bundle.variant("fp32").parity["passed"]
     assert bundle.model["pooling"]["mode"] == "mean" and bundle.model["pooling"]["normalize"] is True
+    fused = next(c for c in bundle.manifest["optimization"]["candidates"] if c["name"] == "ort-fusions")
+    assert fused["parity_passed"] and fused["log"][0]["fusions"]["skip_layer_normalization"] >= 6
 
     sentences = docstring_sentences(80)[40:]  # 40 real sentences, none of them in the golden set
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -90,6 +92,15 @@ PROMPTS = [
     "Once upon a time, in a small village by the sea,",
     "<|im_start|>user\nWhat is a binary search?<|im_end|>\n<|im_start|>assistant\n",
 ]
+
+
+def test_smollm2_gqa_fusion_is_measured_and_explained(smollm2):
+    bundle, _, _ = smollm2
+    candidates = {c["name"]: c for c in bundle.manifest["optimization"]["candidates"]}
+    fused = candidates["ort-fusions"]
+    assert fused["log"][0]["fusions"]["gqa"] == 30  # the KV cache goes through GroupQueryAttention
+    if not fused["kept"]:  # then the manifest says why, with numbers
+        assert fused["failed_checks"] or fused["score_ms"] > candidates[bundle.manifest["optimization"]["winner"]]["score_ms"]
 
 
 def test_smollm2_logits_parity_recorded(smollm2):

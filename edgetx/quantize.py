@@ -1,0 +1,159 @@
+"""Quantization schemes: functions from an fp32 ONNX file (+ calibration data) to a smaller one.
+
+All of them are onnxruntime.quantization underneath:
+- `int8` / `int8-per-tensor`: dynamic int8 (MatMulInteger), weights per output channel / per tensor;
+- `int8-static-{minmax,entropy,percentile}`: static QDQ int8 calibrated on the bundle's real text;
+- `int4`, `int4-sym`, `int4-hqq`, `int8-weight-only`: weight-only MatMulNBits (block size, symmetry,
+  RTN or HQQ; accuracy_level is a parameter, never a silent default);
+- `fp16`: float16 weights and activations, float32 inputs and outputs.
+
+Int8 portability: weights are quantized as unsigned int8 (QUInt8). onnxruntime's u8s8 kernels
+saturate differently on AVX2-only CPUs than on VNNI/AMX ones (up to 0.5 in logits measured
+here), while u8u8 results are identical across x86 CPUs, so a bundle verified here verifies there.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetx.errors import EdgetxError, InputError
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    precision: str  # "int8", "int4" or "fp16": picks the gate
+    method: str  # "dynamic", "static", "weight-only", "fp16"
+    options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in [
+    Scheme("int8", "int8", "dynamic", {"per_channel": True}),
+    Scheme("int8-per-tensor", "int8", "dynamic", {"per_channel": False}),
+    Scheme("int8-static-minmax", "int8", "static", {"calibration": "MinMax"}),
+    Scheme("int8-static-entropy", "int8", "static", {"calibration": "Entropy"}),
+    Scheme("int8-static-percentile", "int8", "static", {"calibration": "Percentile"}),
+    Scheme("int8-weight-only", "int8", "weight-only", {"bits": 8, "block_size": 32, "symmetric": False,
+                                                        "algorithm": "rtn", "accuracy_level": 0}),
+    Scheme("int4", "int4", "weight-only", {"bits": 4, "block_size": 32, "symmetric": False, "algorithm": "rtn",
+                                           "accuracy_level": 0}),
+    Scheme("int4-sym", "int4", "weight-only", {"bits": 4, "block_size": 32, "symmetric": True, "algorithm": "rtn",
+                                               "accuracy_level": 0}),
+    Scheme("int4-hqq", "int4", "weight-only", {"bits": 4, "block_size": 32, "algorithm": "hqq", "accuracy_level": 0}),
+    Scheme("fp16", "fp16", "fp16", {}),
+]}
+DEFAULT_SCHEMES = ("int8", "int4")
+
+
+def scheme(name: str) -> Scheme:
+    if name not in SCHEMES:
+        raise InputError(f"unknown quantization scheme {name!r}; known: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+def weight_matmuls(model_path: str | Path) -> list[str]:
+    """Names of MatMul/Gemm nodes with a constant weight: what the schemes quantize."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    constants = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in constants for i in n.input)]
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._iter: Iterator = iter(feeds)
+
+    def get_next(self):
+        return next(self._iter, None)
+
+
+def check_calibration(feeds: list[dict[str, np.ndarray]] | None, inputs: list[dict]) -> None:
+    """Calibration feeds must exist and match the graph's inputs (names, int64/float, ranks)."""
+    from edgetx.runtimes.session import validate_inputs
+
+    if not feeds:
+        raise InputError("static quantization needs calibration data and none was given; the bundle's "
+                         "quant/calibration.npz holds real text for it (rebuild the bundle if it is missing)")
+    for i, feed in enumerate(feeds):
+        try:
+            validate_inputs(feed, inputs)
+        except InputError as e:
+            raise InputError(f"calibration sample {i}: {e}") from None
+
+
+def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | None = None,
+          calibration: list[dict[str, np.ndarray]] | None = None, inputs: list[dict] | None = None) -> None:
+    """Quantize `src` into `dst` with scheme `s`, leaving the nodes in `exclude` in fp32."""
+    import onnx
+
+    exclude = list(exclude or [])
+    src, dst = str(src), str(dst)
+    float_default = {"DefaultTensorType": onnx.TensorProto.FLOAT}  # fused graphs lack some type info
+    if s.method == "dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(src, dst, per_channel=s.options["per_channel"], weight_type=QuantType.QUInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude, extra_options=float_default)
+    elif s.method == "static":
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        check_calibration(calibration, inputs or [])
+        quantize_static(src, dst, _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
+                        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
+                        calibrate_method=getattr(CalibrationMethod, s.options["calibration"]),
+                        extra_options={**float_default, "CalibMovingAverage": False})
+    elif s.method == "weight-only":
+        from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+        o = s.options
+        if o["algorithm"] == "hqq":
+            algo = nbits.HQQWeightOnlyQuantConfig(block_size=o["block_size"], bits=o["bits"])
+        else:
+            algo = nbits.DefaultWeightOnlyQuantConfig(block_size=o["block_size"], is_symmetric=o["symmetric"],
+                                                      accuracy_level=o["accuracy_level"], bits=o["bits"])
+        quantizer = nbits.MatMulNBitsQuantizer(onnx.load(src), bits=o["bits"], block_size=o["block_size"],
+                                               is_symmetric=o.get("symmetric", False),
+                                               accuracy_level=o["accuracy_level"], nodes_to_exclude=exclude,
+                                               algo_config=algo)
+        quantizer.process()
+        onnx.save(quantizer.model.model, dst)
+    elif s.method == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(src), keep_io_types=True, node_block_list=exclude)
+        onnx.save(model, dst)
+    else:
+        raise EdgetxError(f"scheme {s.name}: unknown method {s.method!r}")
+
+
+def quantize_file(name: str, src: str | Path, dst: str | Path, exclude: list[str] | None = None) -> dict:
+    """`edgetx quantize`: one file, one scheme; written atomically. Returns sizes."""
+    s = scheme(name)
+    if s.method == "static":
+        raise InputError(f"{name} needs calibration data; use it through `edgetx build` (the bundle keeps real "
+                         "calibration text) or the Python API `edgetx.quantize.apply(..., calibration=...)`")
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise InputError(f"{src}: no such file")
+    with tempfile.TemporaryDirectory(prefix="edgetx-quant-", dir=dst.parent if dst.parent.exists() else None) as tmp:
+        out = Path(tmp) / "model.onnx"
+        try:
+            apply(s, src, out, exclude=exclude)
+        except EdgetxError:
+            raise
+        except Exception as e:  # onnxruntime.quantization raises plain exceptions on odd graphs
+            raise EdgetxError(f"{name} could not quantize {src}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        out.replace(dst)
+    return {"scheme": s.to_dict(), "bytes_before": src.stat().st_size, "bytes_after": dst.stat().st_size}
