@@ -20,6 +20,7 @@ from pathlib import Path
 from edgetx import __version__
 from edgetx.bundle import Bundle, BundleWriter
 from edgetx.errors import EdgetxError
+from edgetx.quantize import DEFAULT_SCHEMES
 
 OPSET = 18
 
@@ -87,13 +88,51 @@ def _optimize_fp32(provisional: Bundle, writer: BundleWriter) -> dict:
     return selection.to_dict()
 
 
+def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict, source, schemes, stage) -> None:
+    """Add a gated variant per scheme; record every attempt (passed or not) in the manifest."""
+    from edgetx.gates import quantize_gated
+    from edgetx.optimize import time_session
+    from edgetx.parity import verify
+    from edgetx.runtimes.session import Session
+    from edgetx.quantize import scheme
+    from edgetx.tolerances import QUANTIZED
+
+    data = source.quant_data()
+    writer.save_arrays("quant.npz", data)
+    record = manifest["quantization"] = {"data": "quant.npz", "results": {}}
+    for name in schemes:
+        s = scheme(name)
+        gate = QUANTIZED[s.precision]
+        with stage(f"quantize {name} and check its gate ({gate.method.removeprefix('gate: ')})"):
+            result = quantize_gated(s, writer.path("fp32/model.onnx"), writer.path(f"{name}/model.onnx"), source.kind,
+                                    manifest["io"]["inputs"], data, manifest["model"].get("pooling"))
+        record["results"][name] = result.to_dict()
+        if not result.passed:
+            continue
+        manifest["variants"][name] = provisional.manifest["variants"][name] = {
+            "precision": s.precision, "file": f"{name}/model.onnx", "scheme": name, "tolerance": gate.to_dict()}
+        (report,) = verify(provisional, backend="ort-cpu", variants=[name])
+        if report.passed:
+            manifest["variants"][name]["parity"] = report.to_dict()
+            session = Session(provisional, variant=name, backend="ort-cpu")
+            record["results"][name]["latency"] = time_session(session, provisional.golden())
+        else:  # passed the gate against fp32 but not against PyTorch's golden answers: do not ship it
+            record["results"][name]["rejected_by_parity"] = [f"{c.name}: {c.detail}" for c in report.checks if not c.passed]
+            manifest["variants"].pop(name, None)
+            provisional.manifest["variants"].pop(name, None)
+            shutil.rmtree(writer.path(f"{name}/x").parent, ignore_errors=True)
+
+
 def build(model: str | Path | None, out: str | Path, *, force: bool = False, allow_pickle: bool = False,
-          trust_remote_code: bool = False, optimize: bool = True, stage: StageReporter = _silent) -> Bundle:
+          trust_remote_code: bool = False, optimize: bool = True, quantize: tuple[str, ...] | None = None,
+          stage: StageReporter = _silent) -> Bundle:
     """Build a bundle for `model` (None = the reference checkpoint) at `out`.
 
     `allow_pickle` permits pickle weight files (loaded with weights_only=True);
     `trust_remote_code` lets transformers run a model folder's own Python code.
     `optimize` builds fused candidates of the fp32 graph and keeps the fastest that passes parity.
+    `quantize` names the schemes to add as variants (None = the default for the model kind);
+    each is written only if it passes its gate.
     """
     _require_export_extra()
     from edgetx.exporters.source import load_source
@@ -145,6 +184,9 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
                               + "\n  ".join(lines))
         for report in reports:
             manifest["variants"][report.variant]["parity"] = report.to_dict()
+        schemes = DEFAULT_SCHEMES[source.kind] if quantize is None else quantize
+        if schemes and source.quant_data is not None:
+            _quantize_variants(provisional, writer, manifest, source, schemes, stage)
         with stage("write manifest and move the bundle into place"):
             writer.commit(manifest)
     return Bundle.load(out)

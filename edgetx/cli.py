@@ -16,7 +16,7 @@ from rich.table import Table
 
 from edgetx import __version__
 from edgetx.errors import EdgetxError
-from edgetx.tables import console, print_candidates, print_matrix, print_onnx, print_parity
+from edgetx.tables import console, print_candidates, print_matrix, print_onnx, print_parity, print_quantization
 
 DEFAULT_OUT = "dist/edgetx-gpt"
 
@@ -66,8 +66,11 @@ def _stage(title: str) -> Iterator[None]:
               help="Accept pickle weight files (pytorch_model.bin); loaded with weights_only=True.")
 @click.option("--trust-remote-code", is_flag=True, help="Let transformers run the model folder's own Python code.")
 @click.option("--no-optimize", is_flag=True, help="Keep the exported graph as is (no fused candidates).")
+@click.option("--quantize", "schemes", default="auto", show_default=True,
+              help="Quantized variants to add, each behind its accuracy gate, comma-separated (see `edgetx quantize "
+                   "--help`); auto = int8-weight-only,int4 for decoders and int8,int4 for encoders; none = fp32 only.")
 def build(model: Path | None, out: Path, force: bool, allow_pickle: bool, trust_remote_code: bool,
-          no_optimize: bool) -> None:
+          no_optimize: bool, schemes: str) -> None:
     """Export MODEL to a verified bundle (default MODEL: the reference checkpoint).
 
     MODEL is an edgetx checkpoint folder, a Hugging Face model folder (config.json +
@@ -82,10 +85,17 @@ def build(model: Path | None, out: Path, force: bool, allow_pickle: bool, trust_
     """
     from edgetx.build import build as build_bundle
 
+    from edgetx.quantize import scheme
+
+    chosen = None if schemes == "auto" else () if schemes.strip() in ("", "none") else \
+        tuple(s.strip() for s in schemes.split(","))
+    for name in chosen or ():
+        scheme(name)  # an unknown name fails here, before an export of minutes
     bundle = build_bundle(model, out, force=force, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                          optimize=not no_optimize, stage=_stage)
+                          optimize=not no_optimize, quantize=chosen, stage=_stage)
     if "optimization" in bundle.manifest:
         print_candidates(bundle.manifest["optimization"])
+    print_quantization(bundle.manifest)
     print_parity([v.parity for v in bundle.variants.values() if v.parity])
     console.print(f"bundle written to [bold]{bundle.path}[/]")
 
@@ -310,15 +320,20 @@ def inspect(target: Path, as_json: bool) -> None:
                                       **inspect_onnx(bundle.file(variant.file))}
         info["provenance"] = bundle.manifest["provenance"]
         info["optimization"] = bundle.manifest.get("optimization")
+        info["quantization"] = bundle.manifest.get("quantization")
     else:
         info = inspect_onnx(target)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
+    if target.is_dir():
+        info["manifest"] = bundle.manifest
     for name, entry in (info["variants"].items() if "variants" in info else [(target.name, info)]):
         print_onnx(name, entry)
     if info.get("optimization"):
         print_candidates(info["optimization"])
+    if info.get("manifest"):
+        print_quantization(info.pop("manifest"))
     if "model" in info:
         facts = ", ".join(f"{k}={v}" for k, v in info["model"].items())
         console.print(f"[bold]model[/]: {facts}")
@@ -326,6 +341,29 @@ def inspect(target: Path, as_json: bool) -> None:
         console.print(f"[bold]provenance[/]: {info['provenance'].get('exporter')}, opset "
                       f"{info['provenance'].get('opset')}, " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--scheme", "scheme_name", required=True,
+              help="int8, int8-per-tensor, int8-weight-only, int4, int4-sym, int4-hqq, fp16 (static int8 schemes "
+                   "need calibration data: use them through `edgetx build --quantize`).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
+@click.option("--exclude", multiple=True, help="Node name to keep in fp32 (repeatable).")
+def quantize(src: Path, scheme_name: str, out: Path, exclude: tuple[str, ...]) -> None:
+    """Quantize one ONNX file with one scheme (no gate: a bundle build gates every variant).
+
+    \b
+    Examples:
+      edgetx quantize dist/edgetx-gpt/fp32/model.onnx --scheme int4 -o /tmp/int4.onnx
+      edgetx quantize model.onnx --scheme int8 --exclude node_MatMul_12 -o model.int8.onnx
+    """
+    from edgetx.quantize import quantize_file
+
+    with console.status(f"quantizing with {scheme_name} ..."):
+        info = quantize_file(scheme_name, src, out, list(exclude))
+    console.print(f"wrote {out}: {info['bytes_before'] / 1e6:.2f} MB -> {info['bytes_after'] / 1e6:.2f} MB "
+                  f"({info['scheme']['method']}, {info['scheme']['options']})")
 
 
 @main.command()

@@ -66,7 +66,9 @@ def to_markdown(reports: list[ParityReport | dict]) -> str:
         r = report.to_dict() if isinstance(report, ParityReport) else report
         for c in r["checks"]:
             diff = "-" if c["max_abs"] is None else f"{c['max_abs']:.2e}"
-            lines.append(f"| {r['variant']} | {r['backend']} | {c['name']} | {diff} | {r['tolerance']['max_abs']:.1e} "
+            tol = r["tolerance"]
+            label = f"KL<={tol['max_kld']:g}" if tol.get("max_kld") is not None else f"{tol['max_abs']:.1e}"
+            lines.append(f"| {r['variant']} | {r['backend']} | {c['name']} | {diff} | {label} "
                          f"| {c['detail']} | {'pass' if c['passed'] else 'FAIL'} |")
     return "\n".join(lines) + "\n"
 

@@ -28,6 +28,38 @@ def print_candidates(selection: dict) -> None:
     console.print(table)
 
 
+def tolerance_label(tolerance: dict) -> str:
+    return f"KL<={tolerance['max_kld']:g}" if tolerance.get("max_kld") is not None else f"{tolerance['max_abs']:.0e}"
+
+
+def print_quantization(manifest: dict) -> None:
+    """Per scheme: written or not, size, gate metrics, nodes kept in fp32 by mixed precision."""
+    results = (manifest.get("quantization") or {}).get("results") or {}
+    if not results:
+        return
+    fp32_bytes = manifest["variants"]["fp32"].get("bytes") or 0
+    table = Table(title="quantized variants (gated against fp32 on the bundle's held-out data)")
+    for col in ("scheme", "written", "MB", "vs fp32", "gate metrics", "kept in fp32", "ms", "missed by"):
+        table.add_column(col)
+    for name, r in results.items():
+        gate = r["gate"]
+        if "kld_mean" in gate:
+            shown = (f"KL {gate['kld_mean']:.4f}, top-1 {gate['top1']:.3f}, bits/token {gate['bits_per_token']:.4f} "
+                     f"(fp32 {gate['bits_per_token_fp32']:.4f}), greedy {gate['greedy_agreement']:.2f}")
+        else:
+            shown = f"cosine mean {gate['cosine_mean']:.5f}, min {gate['cosine_min']:.5f} ({gate['texts']} texts)"
+        written = name in manifest["variants"]
+        kept = f"{len(r['kept_fp32_nodes'])} of {r['quantizable_nodes']}"
+        rejected = r.get("rejected_by_parity")
+        latency = r.get("latency") or {}
+        ms = (f"decode {latency['decode_ms']:.2f}, prefill {latency['prefill_ms']:.1f}" if "decode_ms" in latency
+              else f"batch {latency['batch_ms']:.1f}" if "batch_ms" in latency else "-")
+        table.add_row(name, "[green]yes[/]" if written else "[red]no[/]", f"{r['bytes'] / 1e6:.1f}",
+                      f"{r['bytes'] / fp32_bytes:.2f}x" if fp32_bytes else "-", shown, kept, ms,
+                      "; ".join(r["missed_by"] or rejected or []) or "-")
+    console.print(table)
+
+
 def print_parity(reports: list[dict]) -> None:
     table = Table(title="parity vs PyTorch golden I/O")
     for col in ("variant", "backend", "check", "max |diff|", "tolerance", "detail", "result"):
@@ -35,7 +67,7 @@ def print_parity(reports: list[dict]) -> None:
     for r in reports:
         for c in r["checks"]:
             diff = "-" if c["max_abs"] is None else f"{c['max_abs']:.2e}"
-            table.add_row(r["variant"], r["backend"], c["name"], diff, f"{r['tolerance']['max_abs']:.0e}",
+            table.add_row(r["variant"], r["backend"], c["name"], diff, tolerance_label(r["tolerance"]),
                           c["detail"], "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]")
     console.print(table)
 

@@ -54,10 +54,11 @@ class Tolerance:
         diff = metrics.max_abs(ref, got)
         if self.max_kld is None:
             return diff <= self.max_abs, diff, ""
+        # Per check, only the KL bound: a few dozen positions are too few for top-1 to mean much
+        # (near-ties flip); the gate enforces top-1 on the bundle's held-out text.
         kld = float(metrics.kl_divergence(ref, got).mean())
         top1 = metrics.top1_agreement(ref, got)
-        passed = kld <= self.max_kld and top1 >= (self.min_top1 or 0.0)
-        return passed, diff, f"mean KL {kld:.2e} (<= {self.max_kld:g}), top-1 {top1:.3f} (>= {self.min_top1:g})"
+        return kld <= self.max_kld, diff, f"mean KL {kld:.2e} (<= {self.max_kld:g}), top-1 {top1:.3f}"
 
     @classmethod
     def from_dict(cls, data: dict) -> "Tolerance":

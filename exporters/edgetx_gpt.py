@@ -49,6 +49,9 @@ def load(path: Path = DEFAULT_CHECKPOINT) -> ExportSource:
         facts={"architecture": ARCHITECTURE, "parameters": model.num_parameters(),
                "n_embd": c.n_embd, "n_head": c.n_head},
         tokenizer={"type": "bytes"},
+        # Held-out code for quantization gates and calibration; none of it is in the golden prompts.
+        eval_ids=[list(validation_text(c.block_size - 1, offset=o)) for o in (50_000, 100_000, 200_000, 250_000)],
+        calib_ids=[list(validation_text(128, offset=300_000 + 5_000 * i)) for i in range(8)],
         source=str(path),
         source_sha256=digest.hexdigest(),
     )

@@ -209,9 +209,14 @@ def _decoder_source(folder, config, tokenizer, tokenizer_files, *, source, sourc
     limit = min(128, spec.max_positions - GOLDEN_DECODE_STEPS - 1)  # prompt + decode steps must fit
     prompts = [tokenizer(t)["input_ids"][:limit] for t in prompt_texts]
     prompt_texts = [tokenizer.decode(p) for p in prompts]
+    held_out = docstring_sentences(120)
+    eval_ids = [tokenizer(" ".join(held_out[i : i + 10]))["input_ids"][: min(256, spec.max_positions - 1)]
+                for i in range(40, 80, 10)]
+    calib_ids = [tokenizer(" ".join(held_out[i : i + 5]))["input_ids"][:128] for i in range(80, 120, 5)]
     return causal_lm_source(
         name=Path(source).stem if Path(source).is_file() else Path(source).name,
         module=model, forward=hf_decoder_forward(model), spec=spec, prompts=prompts, prompt_texts=prompt_texts,
+        eval_ids=eval_ids, calib_ids=calib_ids,
         facts={"architecture": architecture, "model_type": config.model_type,
                "parameters": sum(p.numel() for p in model.parameters()),
                "tested_family": config.model_type in TESTED_DECODER_TYPES},
@@ -265,6 +270,15 @@ def _encoder_source(folder, config, tokenizer, tokenizer_files, *, source, sourc
     def export(path: Path, opset: int) -> None:
         export_encoder(model, spec, path, opset)
 
+    def quant_data() -> dict[str, np.ndarray]:
+        """Held-out sentences: 64 for quantization gates, 32 for calibration (none in the golden set)."""
+        held_out = docstring_sentences(ENCODER_SENTENCES + 104)[ENCODER_SENTENCES + 8:]
+        arrays = {}
+        for prefix, texts in (("eval", held_out[:64]), ("calib", held_out[64:96])):
+            encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_positions)
+            arrays.update({f"{prefix}.{k}": np.asarray(v, dtype=np.int64) for k, v in encoded.items() if k in names})
+        return arrays
+
     def golden():
         return capture_encoder_golden(model, spec, batch, pooling), {"sentences": sentences}
 
@@ -276,6 +290,6 @@ def _encoder_source(folder, config, tokenizer, tokenizer_files, *, source, sourc
                "model_type": config.model_type, "hidden_size": spec.hidden_size, "vocab_size": spec.vocab_size,
                "max_positions": max_positions, "pooling": pooling,
                "parameters": sum(p.numel() for p in model.parameters())},
-        tokenizer=tokenizer_block, io=spec.io_signature(), export=export, capture_golden=golden,
+        tokenizer=tokenizer_block, io=spec.io_signature(), export=export, capture_golden=golden, quant_data=quant_data,
         source=source, source_sha256=source_sha256, extra_files=tokenizer_files, module=model,
         run_torch=lambda feeds: model(**{n: torch.tensor(np.array(feeds[n])) for n in names}))

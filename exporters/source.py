@@ -29,13 +29,15 @@ class ExportSource:
     source_sha256: str
     extra_files: dict[str, Path] = field(default_factory=dict)  # bundle path -> file to copy in
     notes: list[str] = field(default_factory=list)  # adjustments made for export, recorded in provenance
+    quant_data: Callable[[], dict[str, np.ndarray]] | None = None  # held-out eval + calibration inputs
     module: torch.nn.Module | None = None  # the PyTorch model, for `verify --explain --against pytorch`
     run_torch: Callable[[dict[str, np.ndarray]], object] | None = None  # graph feeds -> PyTorch forward
 
 
 def causal_lm_source(*, name: str, module: torch.nn.Module, forward: CausalLMForward, spec: CausalLMSpec,
                      prompts: list[list[int]], prompt_texts: list[str], facts: dict, tokenizer: dict,
-                     source: str, source_sha256: str, **extra) -> ExportSource:
+                     source: str, source_sha256: str, eval_ids: list[list[int]] = (),
+                     calib_ids: list[list[int]] = (), **extra) -> ExportSource:
     """An ExportSource for any causal LM that follows the single-graph prefill/decode contract."""
 
     def export(path: Path, opset: int) -> None:
@@ -51,12 +53,18 @@ def causal_lm_source(*, name: str, module: torch.nn.Module, forward: CausalLMFor
         with torch.no_grad():
             return forward(tensor["input_ids"], tensor["attention_mask"], tensor["position_ids"], past)
 
+    def quant_data() -> dict[str, np.ndarray]:
+        """Held-out token sequences: `eval.i` for quantization gates, `calib.i` for calibration."""
+        arrays = {f"eval.{i}": np.array([ids], dtype=np.int64) for i, ids in enumerate(eval_ids)}
+        arrays.update({f"calib.{i}": np.array([ids], dtype=np.int64) for i, ids in enumerate(calib_ids)})
+        return arrays
+
     model = {"name": name, "kind": "causal-lm", "vocab_size": spec.vocab_size,
              "max_positions": spec.max_positions, "num_layers": spec.num_layers,
              "num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim, **facts}
     return ExportSource(name=name, kind="causal-lm", model=model, tokenizer=tokenizer, io=spec.io_signature(),
                         export=export, capture_golden=golden, source=source, source_sha256=source_sha256,
-                        module=module, run_torch=run_torch, **extra)
+                        module=module, run_torch=run_torch, quant_data=quant_data if eval_ids else None, **extra)
 
 
 def load_source(path: str | Path | None, *, allow_pickle: bool = False,

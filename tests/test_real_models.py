@@ -47,12 +47,17 @@ def smollm2_gguf() -> Path:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    return build(minilm_folder(), tmp_path_factory.mktemp("minilm") / "bundle")
+
+
 @torch.no_grad()
-def test_minilm_embeddings_match_sentence_transformers_pooling(tmp_path):
+def test_minilm_embeddings_match_sentence_transformers_pooling(minilm, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
     folder = minilm_folder()
-    bundle = build(folder, tmp_path / "minilm")
+    bundle = minilm
     assert bundle.variant("fp32").parity["passed"]
     assert bundle.model["pooling"]["mode"] == "mean" and bundle.model["pooling"]["normalize"] is True
     fused = next(c for c in bundle.manifest["optimization"]["candidates"] if c["name"] == "ort-fusions")
@@ -133,3 +138,24 @@ def test_smollm2_cli_generate_prints_pytorch_text(smollm2):
     result = CliRunner().invoke(main, ["generate", str(bundle.path), "--prompt", prompt, "-n", "32"])
     assert result.exit_code == 0, result.output
     assert result.stdout == prompt + tokenizer.decode(want, skip_special_tokens=True) + "\n"
+
+
+def test_smollm2_quantized_variants_are_gated(smollm2):
+    """int8 weight-only passes its gate; whatever int4 does, the manifest says what was measured
+    and kept, and a variant is in the bundle only if its gate passed."""
+    bundle, _, _ = smollm2
+    results = bundle.manifest["quantization"]["results"]
+    assert results["int8-weight-only"]["gate_passed"] and "int8-weight-only" in bundle.variants
+    for name, r in results.items():
+        assert (name in bundle.variants) == (r["gate_passed"] and not r.get("rejected_by_parity"))
+        assert r["mixed_precision_search"] and {"kld_mean", "top1"} <= set(r["gate"])
+        if not r["gate_passed"]:
+            assert r["missed_by"] and len(r["mixed_precision_search"]) > 1  # the search ran and is recorded
+
+
+def test_minilm_int8_meets_the_cosine_gate(minilm):
+    bundle = minilm
+    result = bundle.manifest["quantization"]["results"]["int8"]
+    assert result["gate_passed"] and result["gate"]["texts"] >= 64
+    assert result["gate"]["cosine_mean"] >= 0.995 and result["gate"]["cosine_min"] >= 0.99
+    assert "int8" in bundle.variants and result["latency"]["batch_ms"] > 0

@@ -34,8 +34,9 @@ def reference_bundle(tmp_path_factory):
 
 @pytest.mark.slow
 def test_reference_bundle_parity(reference_bundle):
-    (report,) = verify(Bundle.load(reference_bundle.path))
-    assert report.passed, report.to_dict()
+    reports = verify(Bundle.load(reference_bundle.path))
+    assert [r.variant for r in reports] == ["fp32", "int8-weight-only", "int4"] and all(r.passed for r in reports)
+    report = reports[0]
     assert report.max_abs < 1e-3
     greedy = next(c for c in report.checks if c.name == "greedy decode")
     assert "24 steps, all tokens identical" in greedy.detail
@@ -64,3 +65,50 @@ print(len(Generator(session).generate("import os\\n", GenerationConfig(max_new_t
     bits_per_byte, generated = result.stdout.split()
     assert float(bits_per_byte) < 3.0
     assert int(generated) > 0
+
+
+TWO_BIT = {"bits": 2, "block_size": 32, "symmetric": False, "algorithm": "rtn", "accuracy_level": 0}
+
+
+@pytest.mark.slow
+def test_a_scheme_that_misses_its_gate_is_not_written(reference_bundle, tmp_path):
+    import numpy as np
+
+    from edgetx.gates import quantize_gated
+    from edgetx.quantize import Scheme
+
+    data = dict(np.load(reference_bundle.file("quant.npz")))
+    bad = Scheme("two-bit", "int8", "weight-only", TWO_BIT)  # 2-bit weights held to the int8 gate
+    out = tmp_path / "bad.onnx"
+    result = quantize_gated(bad, reference_bundle.file("fp32/model.onnx"), out, "causal-lm",
+                            reference_bundle.io["inputs"], data, mixed_precision=False)
+    assert not result.passed and not out.exists()
+    assert result.missed_by[0].startswith("mean KL") and "(by " in result.missed_by[0]
+
+
+@pytest.mark.slow
+def test_mixed_precision_keeps_the_most_damaging_nodes_in_fp32(reference_bundle, tmp_path):
+    import numpy as np
+
+    from edgetx.gates import quantize_gated
+    from edgetx.quantize import Scheme
+
+    data = dict(np.load(reference_bundle.file("quant.npz")))
+    harsh = Scheme("two-bit", "int4", "weight-only", TWO_BIT)  # misses the int4 gate (KL <= 0.05) alone
+    out = tmp_path / "mixed.onnx"
+    result = quantize_gated(harsh, reference_bundle.file("fp32/model.onnx"), out, "causal-lm",
+                            reference_bundle.io["inputs"], data)
+    first, last = result.steps[0], result.steps[-1]
+    assert first["missed_by"] and first["sensitivity"].startswith("exact")
+    assert result.passed and 0 < len(result.kept_fp32) < result.quantizable and out.is_file()
+    assert last["kld_mean"] <= 0.05 < first["kld_mean"] and last["bytes"] > first["bytes"]
+
+
+@pytest.mark.slow
+def test_reference_variants_report_bits_per_byte(reference_bundle):
+    results = reference_bundle.manifest["quantization"]["results"]
+    for name in ("int8-weight-only", "int4"):
+        gate = results[name]["gate"]
+        assert results[name]["gate_passed"] and name in reference_bundle.variants
+        assert abs(gate["bits_per_token"] - gate["bits_per_token_fp32"]) < 0.05
+        assert gate["bits_per_token_fp32"] < 2.0  # the trained model on held-out code

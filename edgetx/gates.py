@@ -1,0 +1,279 @@
+"""Accuracy gates for quantized variants, and automatic mixed precision when a scheme misses.
+
+A quantized variant is compared with the fp32 variant on held-out text the bundle keeps
+(`quant.npz`): decoders by KL divergence of the next-token distribution, top-1 agreement,
+bits per token and greedy-generation agreement; encoders by cosine of pooled embeddings.
+Thresholds per precision live in `edgetx.tolerances.QUANTIZED`.
+
+When a scheme misses its gate, each quantized MatMul's sensitivity is estimated from one fp32
+run (its captured input times its weight, quantized in simulation, vs exact), and the most
+sensitive are kept in fp32 — 1, 2, 4, ... of them — until the gate holds or nothing is left.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetx import metrics
+from edgetx.errors import EdgetxError
+from edgetx.explain import with_outputs
+from edgetx.quantize import Scheme, apply, weight_matmuls
+from edgetx.runtimes.base import SessionOptions, get_backend
+from edgetx.tolerances import QUANTIZED, Tolerance
+
+GREEDY_STEPS = 16
+EXACT_SENSITIVITY_MAX = 48  # up to this many quantizable nodes, measure each one's damage exactly
+MAX_KEPT_FRACTION = 0.5  # keeping more than this share of the nodes in fp32 defeats the variant
+
+
+def _run(session, feeds: dict) -> dict[str, np.ndarray]:
+    return session.run(feeds).outputs
+
+
+def decoder_feeds(inputs: list[dict], ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Feeds for one prefill of `ids` (1, L) with an empty cache."""
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+             "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None]}
+    for spec in inputs:
+        if spec["name"].startswith("past_key_values."):
+            feeds[spec["name"]] = np.zeros([1 if d == "batch" else 0 if d == "past" else d for d in spec["shape"]],
+                                           dtype=np.float32)
+    return feeds
+
+
+def encoder_feeds(inputs: list[dict], data: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {s["name"]: data[f"{prefix}.{s['name']}"] for s in inputs}
+
+
+def sequences(data: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
+    keys = sorted((k for k in data if k.startswith(prefix + ".")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    return [data[k] for k in keys]
+
+
+def calibration_feeds(kind: str, inputs: list[dict], data: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    if kind == "encoder":
+        return [encoder_feeds(inputs, data, "calib")]
+    return [decoder_feeds(inputs, ids) for ids in sequences(data, "calib")]
+
+
+def _greedy(session, inputs: list[dict], prompt: np.ndarray, steps: int) -> list[int]:
+    from edgetx.runtimes.generate import next_cache
+
+    feeds = decoder_feeds(inputs, prompt)
+    cache = {k: v for k, v in feeds.items() if k.startswith("past_key_values.")}
+    tokens = []
+    for _ in range(steps):
+        out = _run(session, feeds)
+        tokens.append(int(out["logits"][0, -1].argmax()))
+        cache = next_cache(out, cache)
+        past = next(iter(cache.values())).shape[2]
+        feeds = {"input_ids": np.array([[tokens[-1]]], dtype=np.int64),
+                 "attention_mask": np.ones((1, past + 1), dtype=np.int64),
+                 "position_ids": np.array([[past]], dtype=np.int64), **cache}
+    return tokens
+
+
+def evaluate(kind: str, inputs: list[dict], reference, candidate, data: dict[str, np.ndarray],
+             pooling: dict | None = None) -> dict[str, float]:
+    """Gate metrics of `candidate` against `reference` (backend sessions) on the held-out data."""
+    if kind == "encoder":
+        from edgetx.runtimes.pooling import pool
+
+        feeds = encoder_feeds(inputs, data, "eval")
+        ref = pool(_run(reference, feeds)["last_hidden_state"], feeds["attention_mask"], pooling or {})
+        got = pool(_run(candidate, feeds)["last_hidden_state"], feeds["attention_mask"], pooling or {})
+        cosines = metrics.cosine(ref, got)
+        return {"cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()), "texts": len(cosines)}
+    klds, agree, bits_ref, bits_got, positions = [], [], [], [], 0
+    for ids in sequences(data, "eval"):
+        feeds = decoder_feeds(inputs, ids)
+        ref, got = _run(reference, feeds)["logits"][0], _run(candidate, feeds)["logits"][0]
+        klds.append(metrics.kl_divergence(ref, got))
+        agree.append(np.argmax(ref, -1) == np.argmax(got, -1))
+        bits_ref.append(metrics.bits_per_token(ref[:-1], ids[0, 1:]) * (len(ids[0]) - 1))
+        bits_got.append(metrics.bits_per_token(got[:-1], ids[0, 1:]) * (len(ids[0]) - 1))
+        positions += len(ids[0]) - 1
+    prompt = sequences(data, "eval")[0][:, :64]
+    want, have = _greedy(reference, inputs, prompt, GREEDY_STEPS), _greedy(candidate, inputs, prompt, GREEDY_STEPS)
+    agreed, _ = metrics.token_agreement(want, have)
+    return {"kld_mean": float(np.concatenate(klds).mean()), "kld_max": float(np.concatenate(klds).max()),
+            "top1": float(np.concatenate(agree).mean()), "bits_per_token_fp32": float(sum(bits_ref) / positions),
+            "bits_per_token": float(sum(bits_got) / positions), "greedy_agreement": agreed / GREEDY_STEPS,
+            "tokens": positions}
+
+
+def misses(kind: str, result: dict[str, float], tolerance: Tolerance) -> list[str]:
+    """What missed the gate, and by how much (empty = passed)."""
+    out = []
+    if kind == "encoder":
+        if result["cosine_mean"] < tolerance.min_cosine_mean:
+            out.append(f"cosine mean {result['cosine_mean']:.5f} < {tolerance.min_cosine_mean} "
+                       f"(by {tolerance.min_cosine_mean - result['cosine_mean']:.5f})")
+        if result["cosine_min"] < tolerance.min_cosine:
+            out.append(f"cosine min {result['cosine_min']:.5f} < {tolerance.min_cosine} "
+                       f"(by {tolerance.min_cosine - result['cosine_min']:.5f})")
+        return out
+    if result["kld_mean"] > tolerance.max_kld:
+        out.append(f"mean KL {result['kld_mean']:.4f} > {tolerance.max_kld} (by {result['kld_mean'] - tolerance.max_kld:.4f})")
+    if result["top1"] < tolerance.min_top1:
+        out.append(f"top-1 {result['top1']:.3f} < {tolerance.min_top1} (by {tolerance.min_top1 - result['top1']:.3f})")
+    return out
+
+
+# --- sensitivity -----------------------------------------------------------------------------------
+
+def _fake_quant(x: np.ndarray, bits: int, axis: int | None, symmetric: bool = False) -> np.ndarray:
+    """Quantize-dequantize x to `bits` per slice along `axis` (None = whole tensor)."""
+    levels = 2 ** bits - 1
+    lo = x.min(axis=axis, keepdims=True) if axis is not None else x.min()
+    hi = x.max(axis=axis, keepdims=True) if axis is not None else x.max()
+    if symmetric:
+        hi = np.maximum(np.abs(lo), np.abs(hi))
+        lo = -hi
+    lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
+    scale = np.where(hi - lo > 0, (hi - lo) / levels, 1.0)
+    return np.round((x - lo) / scale) * scale + lo
+
+
+def _simulate(s: Scheme, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if s.method == "fp16":
+        return x.astype(np.float16).astype(np.float32), w.astype(np.float16).astype(np.float32)
+    if s.method in ("dynamic", "static"):
+        return _fake_quant(x, 8, None), _fake_quant(w, 8, 0 if s.options.get("per_channel", True) else None)
+    block = s.options.get("block_size", 32)  # weight-only: blocks along the reduction dim (rows of w)
+    k = w.shape[0] - w.shape[0] % block
+    blocks = w[:k].reshape(-1, block, w.shape[1])
+    wq = w.copy()
+    wq[:k] = _fake_quant(blocks, s.options["bits"], 1, s.options.get("symmetric", False)).reshape(k, w.shape[1])
+    return x, wq
+
+
+def sensitivity(fp32_path: Path, s: Scheme, feeds: list[dict[str, np.ndarray]], backend: str = "ort-cpu") -> list[tuple[str, float]]:
+    """(node, relative output error when only its MatMul is quantized), most sensitive first."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(fp32_path))
+    weights = {i.name: i for i in model.graph.initializer}
+    targets = []
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in weights and node.input[0] not in weights:
+            targets.append((node.name, node.input[0], numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)))
+    with tempfile.TemporaryDirectory(prefix="edgetx-sens-") as tmp:
+        path = with_outputs(model, sorted({t[1] for t in targets}), Path(tmp) / "m.onnx")
+        session = get_backend(backend).create_session(path, SessionOptions())
+        scores = {name: 0.0 for name, _, _ in targets}
+        for feed in feeds:
+            out = session.run(feed, sorted({t[1] for t in targets})).outputs
+            for name, act, w in targets:
+                x = out[act].reshape(-1, w.shape[0]).astype(np.float32)
+                exact = x @ w
+                xq, wq = _simulate(s, x, w)
+                scores[name] += float(np.linalg.norm(exact - xq @ wq) / max(np.linalg.norm(exact), 1e-12))
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def _gate_score(kind: str, result: dict[str, float]) -> float:
+    return 1.0 - result["cosine_mean"] if kind == "encoder" else result["kld_mean"]
+
+
+def _exact_sensitivity(s: Scheme, fp32_path: Path, nodes: list[str], trial: Path, kind: str, inputs: list[dict],
+                       reference, data, pooling, calibration, backend: str) -> list[str]:
+    """Nodes ranked by the gate metric when each is the only one quantized (most damaging first)."""
+    scores = {}
+    for node in nodes:
+        apply(s, fp32_path, trial, exclude=[n for n in nodes if n != node], calibration=calibration, inputs=inputs)
+        candidate = get_backend(backend).create_session(trial, SessionOptions())
+        scores[node] = _gate_score(kind, evaluate(kind, inputs, reference, candidate, data, pooling))
+    return sorted(nodes, key=lambda n: -scores[n])
+
+
+def _output_nodes(fp32_path: Path) -> list[str]:
+    """MatMuls that produce a graph output directly (an LM head): nothing downstream renormalises
+    their error, so they go first when the proxy ranks nodes."""
+    import onnx
+
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    outputs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and set(n.output) & outputs]
+
+
+# --- a gated variant -----------------------------------------------------------------------------
+
+@dataclass
+class GatedVariant:
+    scheme: Scheme
+    passed: bool
+    metrics: dict
+    missed_by: list[str]
+    kept_fp32: list[str] = field(default_factory=list)  # nodes left in fp32 by mixed precision
+    quantizable: int = 0
+    bytes: int = 0
+    steps: list[dict] = field(default_factory=list)  # the mixed-precision search, step by step
+
+    def to_dict(self) -> dict:
+        return {"scheme": self.scheme.to_dict(), "gate_passed": self.passed, "gate": self.metrics,
+                "missed_by": self.missed_by, "kept_fp32_nodes": self.kept_fp32, "quantizable_nodes": self.quantizable,
+                "bytes": self.bytes, "mixed_precision_search": self.steps}
+
+
+def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str, inputs: list[dict],
+                   data: dict[str, np.ndarray], pooling: dict | None = None, backend: str = "ort-cpu",
+                   mixed_precision: bool = True, progress: Callable[[str], None] = lambda _: None) -> GatedVariant:
+    """Quantize with `s`; if the gate misses, keep the most sensitive nodes in fp32 until it holds.
+    `out_path` is written only when the gate passes."""
+    tolerance = QUANTIZED[s.precision]
+    calibration = calibration_feeds(kind, inputs, data) if s.method == "static" else None
+    reference = get_backend(backend).create_session(fp32_path, SessionOptions())
+    nodes = weight_matmuls(fp32_path)
+    ranked: list[str] | None = None
+    steps: list[dict] = []
+    keep: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="edgetx-quant-", dir=out_path.parent) as tmp:
+        trial = Path(tmp) / "model.onnx"
+        while True:
+            progress(f"{s.name}: {len(keep)} of {len(nodes)} nodes kept in fp32")
+            try:
+                apply(s, fp32_path, trial, exclude=keep, calibration=calibration, inputs=inputs)
+            except EdgetxError:
+                raise
+            except Exception as e:  # onnxruntime.quantization raises plain exceptions
+                raise EdgetxError(f"scheme {s.name} failed on {fp32_path.name}: {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:300]}") from None
+            candidate = get_backend(backend).create_session(trial, SessionOptions())
+            result = evaluate(kind, inputs, reference, candidate, data, pooling)
+            missed = misses(kind, result, tolerance)
+            steps.append({"kept_fp32": len(keep), "bytes": trial.stat().st_size, **result, "missed_by": missed})
+            if not missed or len(keep) >= len(nodes) or not mixed_precision:
+                break
+            if ranked is not None and 2 * len(keep) > MAX_KEPT_FRACTION * len(nodes):
+                missed.append(f"mixed precision gave up: keeping more than {MAX_KEPT_FRACTION:.0%} of the "
+                              f"{len(nodes)} quantizable nodes in fp32 would defeat the variant")
+                break
+            if ranked is None:
+                progress(f"{s.name}: gate missed ({'; '.join(missed)}); measuring node sensitivity")
+                if len(nodes) <= EXACT_SENSITIVITY_MAX:
+                    ranked = _exact_sensitivity(s, fp32_path, nodes, Path(tmp) / "one.onnx", kind, inputs,
+                                                reference, data, pooling, calibration, backend)
+                    method = "exact: each node quantized alone, gate metric measured"
+                else:
+                    feeds = ([encoder_feeds(inputs, data, "eval")] if kind == "encoder"
+                             else [decoder_feeds(inputs, ids) for ids in sequences(data, "eval")[:2]])
+                    ranked = [n for n, _ in sensitivity(fp32_path, s, feeds, backend)]
+                    method = "estimated: simulated quantization error of each MatMul's output"
+                ranked = [n for n in _output_nodes(fp32_path) if n in nodes] + [n for n in ranked]
+                ranked = list(dict.fromkeys(ranked + nodes))
+                steps[-1]["sensitivity"] = method
+            keep = ranked[: max(1, 2 * len(keep))]
+        if not missed and nodes and len(keep) >= len(nodes):
+            missed = ["the gate holds only with every node in fp32: nothing left to quantize"]
+        variant = GatedVariant(s, not missed, result, missed, keep if not missed else [], len(nodes),
+                               trial.stat().st_size, steps)
+        if variant.passed:
+            trial.replace(out_path)
+    return variant
