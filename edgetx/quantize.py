@@ -14,6 +14,8 @@ here), while u8u8 results are identical across x86 CPUs, so a bundle verified he
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -130,11 +132,12 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         check_calibration(calibration, inputs or [])
-        quantize_static(src, dst, _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
-                        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
-                        calibrate_method=getattr(CalibrationMethod, s.options["calibration"]),
-                        extra_options={**float_default, "CalibMovingAverage": False})
+        with contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
+            quantize_static(src, dst, _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
+                            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
+                            calibrate_method=getattr(CalibrationMethod, s.options["calibration"]),
+                            extra_options={**float_default, "CalibMovingAverage": False})
     elif s.method == "weight-only":
         from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 

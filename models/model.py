@@ -66,11 +66,13 @@ class Rotary(nn.Module):
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # An outer product written as a matmul, as Llama does: onnxruntime's RotaryEmbedding
-        # fusion recognises this form and replaces it with a cos/sin cache.
-        inv_freq = self.inv_freq[None, :, None].expand(position_ids.shape[0], -1, 1)  # (B, d/2, 1)
-        freqs = (inv_freq @ position_ids[:, None, :].float()).transpose(1, 2)  # (B, S, d/2)
-        angles = torch.cat((freqs, freqs), dim=-1)  # (B, S, d)
-        return angles.cos()[:, None], angles.sin()[:, None]  # (B, 1, S, d)
+        # fusion recognises this form and replaces it with a cos/sin cache. Always in fp32: under
+        # bf16 autocast the angles of late positions would be off by whole radians.
+        with torch.autocast(device_type=position_ids.device.type, enabled=False):
+            inv_freq = self.inv_freq[None, :, None].expand(position_ids.shape[0], -1, 1)  # (B, d/2, 1)
+            freqs = (inv_freq @ position_ids[:, None, :].float()).transpose(1, 2)  # (B, S, d/2)
+            angles = torch.cat((freqs, freqs), dim=-1)  # (B, S, d)
+            return angles.cos()[:, None], angles.sin()[:, None]  # (B, 1, S, d)
 
 
 class CausalSelfAttention(nn.Module):

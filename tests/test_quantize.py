@@ -71,3 +71,15 @@ def test_inspect_shows_the_quantization_report(tiny_bundle_master):
     assert "quantized variants" in result.stderr and "int4" in result.stderr
     info = json.loads(CliRunner().invoke(main, ["inspect", str(tiny_bundle_master), "--json"]).stdout)
     assert set(info["quantization"]["results"]) == {"int8-weight-only", "int4"}
+
+
+def test_static_and_fp16_schemes_through_build(tiny_checkpoint, tmp_path):
+    from edgetx.build import build
+
+    bundle = build(tiny_checkpoint, tmp_path / "b", optimize=False, quantize=("int8-static-entropy", "fp16"))
+    results = bundle.manifest["quantization"]["results"]
+    assert results["int8-static-entropy"]["scheme"]["method"] == "static"
+    for name in ("int8-static-entropy", "fp16"):
+        assert results[name]["gate_passed"], results[name]["missed_by"]
+        assert name in bundle.variants and bundle.variant(name).parity["passed"]
+    assert bundle.variant("fp16").precision == "fp16"
