@@ -24,6 +24,7 @@ from edgetx.errors import EdgetxError
 from edgetx.explain import with_outputs
 from edgetx.quantize import Scheme, apply, weight_matmuls
 from edgetx.runtimes.base import SessionOptions, get_backend
+from edgetx.runtimes.feeds import causal_feeds, empty_cache, encoder_feeds, next_cache
 from edgetx.tolerances import QUANTIZED, Tolerance
 
 GREEDY_STEPS = 16
@@ -35,21 +36,6 @@ def _run(session, feeds: dict) -> dict[str, np.ndarray]:
     return session.run(feeds).outputs
 
 
-def decoder_feeds(inputs: list[dict], ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Feeds for one prefill of `ids` (1, L) with an empty cache."""
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-             "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None]}
-    for spec in inputs:
-        if spec["name"].startswith("past_key_values."):
-            feeds[spec["name"]] = np.zeros([1 if d == "batch" else 0 if d == "past" else d for d in spec["shape"]],
-                                           dtype=np.float32)
-    return feeds
-
-
-def encoder_feeds(inputs: list[dict], data: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {s["name"]: data[f"{prefix}.{s['name']}"] for s in inputs}
-
-
 def sequences(data: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
     keys = sorted((k for k in data if k.startswith(prefix + ".")), key=lambda k: int(k.rsplit(".", 1)[1]))
     return [data[k] for k in keys]
@@ -58,23 +44,17 @@ def sequences(data: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
 def calibration_feeds(kind: str, inputs: list[dict], data: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     if kind == "encoder":
         return [encoder_feeds(inputs, data, "calib")]
-    return [decoder_feeds(inputs, ids) for ids in sequences(data, "calib")]
+    return [causal_feeds(inputs, ids) for ids in sequences(data, "calib")]
 
 
 def _greedy(session, inputs: list[dict], prompt: np.ndarray, steps: int) -> list[int]:
-    from edgetx.runtimes.generate import next_cache
-
-    feeds = decoder_feeds(inputs, prompt)
-    cache = {k: v for k, v in feeds.items() if k.startswith("past_key_values.")}
-    tokens = []
+    """Greedy tokens from a backend session, feeding its cache back."""
+    feeds, cache, tokens = causal_feeds(inputs, prompt), None, []
     for _ in range(steps):
         out = _run(session, feeds)
         tokens.append(int(out["logits"][0, -1].argmax()))
-        cache = next_cache(out, cache)
-        past = next(iter(cache.values())).shape[2]
-        feeds = {"input_ids": np.array([[tokens[-1]]], dtype=np.int64),
-                 "attention_mask": np.ones((1, past + 1), dtype=np.int64),
-                 "position_ids": np.array([[past]], dtype=np.int64), **cache}
+        cache = next_cache(out, cache or empty_cache(inputs, 1))
+        feeds = causal_feeds(inputs, np.array([[tokens[-1]]], dtype=np.int64), cache=cache)
     return tokens
 
 
@@ -91,7 +71,7 @@ def evaluate(kind: str, inputs: list[dict], reference, candidate, data: dict[str
         return {"cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()), "texts": len(cosines)}
     klds, agree, bits_ref, bits_got, positions = [], [], [], [], 0
     for ids in sequences(data, "eval"):
-        feeds = decoder_feeds(inputs, ids)
+        feeds = causal_feeds(inputs, ids)
         ref, got = _run(reference, feeds)["logits"][0], _run(candidate, feeds)["logits"][0]
         klds.append(metrics.kl_divergence(ref, got))
         agree.append(np.argmax(ref, -1) == np.argmax(got, -1))
@@ -263,7 +243,7 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str, inputs
                     method = "exact: each node quantized alone, gate metric measured"
                 else:
                     feeds = ([encoder_feeds(inputs, data, "eval")] if kind == "encoder"
-                             else [decoder_feeds(inputs, ids) for ids in sequences(data, "eval")[:2]])
+                             else [causal_feeds(inputs, ids) for ids in sequences(data, "eval")[:2]])
                     ranked = [n for n, _ in sensitivity(fp32_path, s, feeds, backend)]
                     method = "estimated: simulated quantization error of each MatMul's output"
                 ranked = [n for n in _output_nodes(fp32_path) if n in nodes] + [n for n in ranked]

@@ -143,18 +143,17 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
 def time_session(session, golden: dict[str, np.ndarray], repeats: int = 5) -> dict[str, float]:
     """Milliseconds: decoders prefill of the golden prompt and one decode step (score = prefill +
     64 decode steps); encoders one golden batch (score = that)."""
-    from edgetx.parity import causal_feeds, encoder_feeds
-    from edgetx.runtimes.generate import empty_cache, next_cache
+    from edgetx.runtimes.feeds import causal_feeds, empty_cache, encoder_feeds, next_cache
 
     if session.model.get("kind") == "encoder":
-        feeds = encoder_feeds(session, golden)
+        feeds = encoder_feeds(session.inputs, golden, "batch")
         batch = _median_seconds(lambda: session.run(feeds), repeats) * 1e3
         return {"batch_ms": batch, "score_ms": batch}
     prompt = golden["prefill.input_ids"]
-    prefill_feeds = causal_feeds(session, prompt)
+    prefill_feeds = causal_feeds(session.inputs, prompt)
     prefill = _median_seconds(lambda: session.run(prefill_feeds), repeats) * 1e3
     cache = next_cache(session.run(prefill_feeds), empty_cache(session.inputs, 1))
-    step_feeds = causal_feeds(session, prompt[:, -1:], cache=cache)
+    step_feeds = causal_feeds(session.inputs, prompt[:, -1:], cache=cache)
     decode = _median_seconds(lambda: session.run(step_feeds), repeats * 4) * 1e3
     return {"prefill_ms": prefill, "decode_ms": decode, "score_ms": prefill + DECODE_TOKENS * decode}
 

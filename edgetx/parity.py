@@ -23,7 +23,7 @@ from edgetx import metrics
 from edgetx.bundle import Bundle
 from edgetx.errors import BundleError
 from edgetx.runtimes.base import list_backends
-from edgetx.runtimes.generate import empty_cache, next_cache
+from edgetx.runtimes.feeds import causal_feeds, empty_cache, encoder_feeds, next_cache
 from edgetx.runtimes.pooling import pool
 from edgetx.runtimes.session import Session
 from edgetx.tolerances import Tolerance, from_spread, tolerance_for
@@ -73,29 +73,11 @@ def to_markdown(reports: list[ParityReport | dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def causal_feeds(session: Session, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
-                 position_ids: np.ndarray | None = None, cache: dict[str, np.ndarray] | None = None) -> dict:
-    """Graph inputs for a causal LM: no mask = all ones, no positions = counting from the past."""
-    past = 0 if cache is None else next(iter(cache.values())).shape[2] if cache else 0
-    if attention_mask is None:
-        attention_mask = np.ones((input_ids.shape[0], past + input_ids.shape[1]), dtype=np.int64)
-    if position_ids is None:
-        position_ids = np.broadcast_to(np.arange(past, past + input_ids.shape[1], dtype=np.int64), input_ids.shape)
-    if cache is None:
-        cache = empty_cache(session.inputs, batch=input_ids.shape[0])
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "position_ids": np.ascontiguousarray(position_ids), **cache}
-
-
-def encoder_feeds(session: Session, golden: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {s["name"]: golden[f"batch.{s['name']}"] for s in session.inputs}
-
-
 def golden_feeds(session: Session, golden: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The golden prefill (decoders) or batch (encoders) as graph inputs."""
     if session.model.get("kind") == "encoder":
-        return encoder_feeds(session, golden)
-    return causal_feeds(session, golden["prefill.input_ids"])
+        return encoder_feeds(session.inputs, golden, "batch")
+    return causal_feeds(session.inputs, golden["prefill.input_ids"])
 
 
 def verify_causal_lm(session: Session, golden: dict[str, np.ndarray], tolerance: Tolerance) -> list[Check]:
@@ -105,7 +87,7 @@ def verify_causal_lm(session: Session, golden: dict[str, np.ndarray], tolerance:
     checks: list[Check] = []
     prompt = golden["prefill.input_ids"]
     S = prompt.shape[1]
-    out = session.run(causal_feeds(session, prompt))
+    out = session.run(causal_feeds(session.inputs, prompt))
     ok, diff, detail = compare(golden["prefill.logits"], out["logits"])
     checks.append(Check("prefill", ok, diff, f"{S} prompt positions" + (f"; {detail}" if detail else "")))
 
@@ -115,7 +97,7 @@ def verify_causal_lm(session: Session, golden: dict[str, np.ndarray], tolerance:
     token, got_tokens, step_logits = int(out["logits"][0, -1].argmax()), [], []
     for _ in range(len(want_tokens)):
         got_tokens.append(token)
-        out = session.run(causal_feeds(session, np.array([[token]], dtype=np.int64), cache=cache))
+        out = session.run(causal_feeds(session.inputs, np.array([[token]], dtype=np.int64), cache=cache))
         cache = next_cache(out, cache)
         step_logits.append(out["logits"][0, -1])
         token = int(out["logits"][0, -1].argmax())
@@ -134,17 +116,17 @@ def verify_causal_lm(session: Session, golden: dict[str, np.ndarray], tolerance:
 
     # The cached steps must equal one pass over prompt + fed tokens without a cache.
     full = np.concatenate([prompt, np.array([got_tokens], dtype=np.int64)], axis=1)
-    out = session.run(causal_feeds(session, full))
+    out = session.run(causal_feeds(session.inputs, full))
     ok, diff, detail = compare(out["logits"][0, S:], steps)
     checks.append(Check("cache == recompute", ok, diff, f"{len(got_tokens)} positions" + (f"; {detail}" if detail else "")))
 
     if "padded.input_ids" in golden:
         ids, mask, positions = golden["padded.input_ids"], golden["padded.attention_mask"], golden["padded.position_ids"]
-        batch = session.run(causal_feeds(session, ids, mask, positions))["logits"][:, -1]
+        batch = session.run(causal_feeds(session.inputs, ids, mask, positions))["logits"][:, -1]
         ok, diff, _ = compare(golden["padded.logits"], batch)
         rows, width = ids.shape
         checks.append(Check("padded batch", ok, diff, f"{rows} rows left-padded to {width}"))
-        alone = [session.run(causal_feeds(session, ids[r : r + 1, mask[r].astype(bool)]))["logits"][0, -1]
+        alone = [session.run(causal_feeds(session.inputs, ids[r : r + 1, mask[r].astype(bool)]))["logits"][0, -1]
                  for r in range(rows)]
         ok, diff, _ = compare(batch, np.stack(alone))
         checks.append(Check("padding invariance", ok, diff, f"{rows} rows alone vs in the padded batch"))
@@ -154,7 +136,7 @@ def verify_causal_lm(session: Session, golden: dict[str, np.ndarray], tolerance:
 def verify_encoder(session: Session, golden: dict[str, np.ndarray], tolerance: Tolerance) -> list[Check]:
     """Hidden states and pooled embeddings of a padded batch, and each row alone (padding invariance)."""
     names = [s["name"] for s in session.inputs]
-    feeds = encoder_feeds(session, golden)
+    feeds = encoder_feeds(session.inputs, golden, "batch")
     mask = feeds["attention_mask"].astype(bool)
     hidden = session.run(feeds, ["last_hidden_state"])["last_hidden_state"]
     diff = metrics.max_abs(golden["batch.last_hidden_state"][mask], hidden[mask])
@@ -189,7 +171,7 @@ SPREAD_CONFIGURATIONS = {"1 thread": {"threads": 1}, "2 threads": {"threads": 2}
 def _primary_output(session: Session, golden: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(golden, computed) for the main output of the golden prefill / batch, real tokens only."""
     if session.model.get("kind") == "encoder":
-        feeds = encoder_feeds(session, golden)
+        feeds = encoder_feeds(session.inputs, golden, "batch")
         mask = feeds["attention_mask"].astype(bool)
         hidden = session.run(feeds, ["last_hidden_state"])["last_hidden_state"]
         return golden["batch.last_hidden_state"][mask], hidden[mask]

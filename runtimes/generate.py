@@ -18,23 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgetx.errors import InputError
+from edgetx.runtimes.feeds import causal_feeds, empty_cache, next_cache
 from edgetx.runtimes.session import Session
 from edgetx.runtimes.tokenizer import Tokenizer
-
-PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
-
-
-def empty_cache(inputs: list[dict], batch: int) -> dict[str, np.ndarray]:
-    """Zero-length past keys/values for every cache input of an I/O signature."""
-    return {s["name"]: np.zeros([batch if d == "batch" else 0 if d == "past" else d for d in s["shape"]],
-                                dtype=s["dtype"])
-            for s in inputs if s["name"].startswith(PAST_PREFIX)}
-
-
-def next_cache(outputs: dict[str, np.ndarray], cache: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The presents a step returned, renamed as the next step's past."""
-    return {name: outputs[PRESENT_PREFIX + name[len(PAST_PREFIX):]] for name in cache}
-
 
 @dataclass
 class GenerationConfig:
@@ -168,9 +154,7 @@ class Generator:
                 self.finish_reason = "context"
                 return
             seq = step_ids.shape[1]
-            feeds = {"input_ids": step_ids,
-                     "attention_mask": np.ones((1, past + seq), dtype=np.int64),
-                     "position_ids": np.arange(past, past + seq, dtype=np.int64)[None], **cache}
+            feeds = causal_feeds(self.session.inputs, step_ids, cache=cache)
             started = time.perf_counter()
             outputs = self.session.run(feeds)
             self.stats.add_step(time.perf_counter() - started, prefill=past == 0)

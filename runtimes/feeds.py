@@ -1,0 +1,42 @@
+"""Graph inputs built from a manifest's I/O signature: the KV cache and causal-LM / encoder feeds.
+
+One place for it, shared by the Generator, parity, optimization timing and quantization gates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+
+
+def empty_cache(inputs: list[dict], batch: int) -> dict[str, np.ndarray]:
+    """Zero-length past keys/values for every cache input of an I/O signature."""
+    return {s["name"]: np.zeros([batch if d == "batch" else 0 if d == "past" else d for d in s["shape"]],
+                                dtype=s["dtype"])
+            for s in inputs if s["name"].startswith(PAST_PREFIX)}
+
+
+def next_cache(outputs: dict[str, np.ndarray], cache: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The presents a step returned, renamed as the next step's past."""
+    return {name: outputs[PRESENT_PREFIX + name[len(PAST_PREFIX):]] for name in cache}
+
+
+def causal_feeds(inputs: list[dict], input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
+                 position_ids: np.ndarray | None = None, cache: dict[str, np.ndarray] | None = None) -> dict:
+    """Causal-LM inputs: no mask = all ones, no positions = counting on from the cache's length,
+    no cache = empty."""
+    past = next(iter(cache.values())).shape[2] if cache else 0
+    if attention_mask is None:
+        attention_mask = np.ones((input_ids.shape[0], past + input_ids.shape[1]), dtype=np.int64)
+    if position_ids is None:
+        position_ids = np.broadcast_to(np.arange(past, past + input_ids.shape[1], dtype=np.int64), input_ids.shape)
+    if cache is None:
+        cache = empty_cache(inputs, batch=input_ids.shape[0])
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "position_ids": np.ascontiguousarray(position_ids), **cache}
+
+
+def encoder_feeds(inputs: list[dict], data: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """An encoder batch stored as `{prefix}.{input name}` arrays (golden.npz, quant.npz)."""
+    return {s["name"]: data[f"{prefix}.{s['name']}"] for s in inputs}
