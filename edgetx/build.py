@@ -1,8 +1,9 @@
 """`build`: a trained model in, a verified bundle out.
 
-Stages: load -> export fp32 ONNX -> capture golden I/O from PyTorch -> verify on
-onnxruntime -> write the manifest and move the bundle into place. Nothing is written at
-the target unless every stage succeeds.
+Stages: load -> export fp32 ONNX -> capture golden I/O from PyTorch -> measure the fp32
+tolerance -> optimize (fused candidates, fastest passing kept) -> verify -> quantized variants
+(each behind its gate) -> write the manifest and move the bundle into place. Nothing is written
+at the target unless every stage succeeds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from edgetx import __version__
@@ -25,7 +26,7 @@ from edgetx.quantize import DEFAULT_SCHEMES
 OPSET = 18
 
 # A stage reporter: called as a context manager around each stage with its title.
-StageReporter = Callable[[str], "contextmanager[None]"]
+StageReporter = Callable[[str], AbstractContextManager[None]]
 
 
 @contextmanager
