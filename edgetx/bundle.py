@@ -143,6 +143,16 @@ class Bundle:
     def file(self, rel: str) -> Path:
         return _check_relative(self.path, rel, "file")
 
+    def update_manifest(self, key: str, value: Any) -> None:
+        """Set one top-level field that describes the bundle without changing its files (e.g. bench
+        results), rewriting manifest.json atomically."""
+        if key in _REQUIRED or key == "schema_version":
+            raise BundleError(f"manifest field {key!r} is written only by a build")
+        self.manifest[key] = value
+        tmp = self.path / (MANIFEST + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
+        os.replace(tmp, self.path / MANIFEST)
+
     def golden(self) -> dict[str, np.ndarray]:
         """The golden I/O arrays (loaded without pickle)."""
         rel = self.manifest["golden"].get("file")

@@ -16,7 +16,15 @@ from rich.table import Table
 
 from edgetx import __version__
 from edgetx.errors import EdgetxError
-from edgetx.tables import console, print_candidates, print_matrix, print_onnx, print_parity, print_quantization
+from edgetx.tables import (
+    console,
+    print_bench,
+    print_candidates,
+    print_matrix,
+    print_onnx,
+    print_parity,
+    print_quantization,
+)
 
 DEFAULT_OUT = "dist/edgetx-gpt"
 
@@ -364,6 +372,56 @@ def quantize(src: Path, scheme_name: str, out: Path, exclude: tuple[str, ...]) -
         info = quantize_file(scheme_name, src, out, list(exclude))
     console.print(f"wrote {out}: {info['bytes_before'] / 1e6:.2f} MB -> {info['bytes_after'] / 1e6:.2f} MB "
                   f"({info['scheme']['method']}, {info['scheme']['options']})")
+
+
+def _ints(text: str, allow_default: bool = False) -> tuple:
+    try:
+        return tuple(None if allow_default and t.strip() == "default" else int(t) for t in text.split(","))
+    except ValueError:
+        raise EdgetxError(f"expected comma-separated integers, got {text!r}") from None
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-p", "--prompt-tokens", default=128, show_default=True, help="Decoders: prompt length.")
+@click.option("-n", "--new-tokens", default=64, show_default=True, help="Decoders: tokens to generate.")
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Encoders: batch sizes.")
+@click.option("--seq-lens", default="128", show_default=True, help="Encoders: sequence lengths.")
+@click.option("--threads", "threads_text", default="default", show_default=True,
+              help="Thread counts to sweep, e.g. 1,2 ('default' = the backend's).")
+@click.option("--variant", "variants", multiple=True, help="Variant(s) (default: all).")
+@click.option("--backend", default="ort-cpu", show_default=True)
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--warmup", default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option("--no-save", is_flag=True, help="Do not store the results in the bundle's manifest.")
+def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, seq_lens: str, threads_text: str,
+          variants: tuple[str, ...], backend: str, repeats: int, warmup: int, as_json: bool, no_save: bool) -> None:
+    """Measure BUNDLE's variants on a backend (torch-free; runs on a device).
+
+    \b
+    Examples:
+      edgetx bench dist/smollm2 -p 128 -n 64 --threads 1,2
+      edgetx bench dist/minilm --batch-sizes 1,8,32 --seq-lens 64,128 --json > bench.json
+    """
+    from edgetx.bench import BenchConfig
+    from edgetx.bench import bench as run_bench
+    from edgetx.bundle import Bundle
+
+    loaded = Bundle.load(bundle)
+    if repeats < 1 or warmup < 0:
+        raise EdgetxError("--repeats must be >= 1 and --warmup >= 0")
+    cfg = BenchConfig(prompt_tokens, new_tokens, _ints(batch_sizes), _ints(seq_lens), warmup, repeats)
+    with console.status("benchmarking ..."):
+        results = run_bench(loaded, list(variants) or None, backend, _ints(threads_text, allow_default=True), cfg)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        print_bench(results)
+    if not no_save:
+        stored = dict(loaded.manifest.get("bench") or {})
+        stored.update({f"{r['variant']}@{r['backend']}@threads={r['threads']}": r for r in results})
+        loaded.update_manifest("bench", stored)
 
 
 @main.command()

@@ -114,3 +114,33 @@ def print_onnx(name: str, info: dict) -> None:
     for op, count in info["ops"].items():
         ops.add_row(op, str(count))
     console.print(ops)
+
+
+def print_bench(results: list[dict]) -> None:
+    if results and "time_to_first_token_ms" in results[0]:
+        r0 = results[0]
+        table = Table(title=f"decoder bench: -p {r0['prompt_tokens']} -n {r0['new_tokens']}, "
+                            f"{r0['repeats']} repeats after {r0['warmup']} warm-up")
+        cols = ("variant", "backend", "threads", "MB", "load ms", "TTFT ms", "prefill tok/s", "decode tok/s",
+                "token p50/p90/p99 ms", "peak RSS MB")
+        for col in cols:
+            table.add_column(col)
+        for r in results:
+            lat = r["decode_token_latency"]
+            table.add_row(r["variant"], r["backend"], str(r["threads"]), f"{r['file_mb']:.1f}", f"{r['load_ms']:.0f}",
+                          f"{r['time_to_first_token_ms']:.1f} ({r['ttft_min_ms']:.1f}-{r['ttft_max_ms']:.1f})",
+                          f"{r['prefill_tokens_per_s']:.0f}",
+                          f"{r['decode_tokens_per_s']:.1f}" if r["decode_tokens_per_s"] else "-",
+                          f"{lat['p50_ms']:.2f} / {lat['p90_ms']:.2f} / {lat['p99_ms']:.2f}" if lat else "-",
+                          f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-")
+        console.print(table)
+        return
+    table = Table(title="encoder bench")
+    for col in ("variant", "backend", "threads", "MB", "load ms", "batch", "seq", "p50/p90/p99 ms", "seq/s"):
+        table.add_column(col)
+    for r in results:
+        for b in r["batches"]:
+            table.add_row(r["variant"], r["backend"], str(r["threads"]), f"{r['file_mb']:.1f}", f"{r['load_ms']:.0f}",
+                          str(b["batch"]), str(b["seq"]), f"{b['p50_ms']:.2f} / {b['p90_ms']:.2f} / {b['p99_ms']:.2f}",
+                          f"{b['sequences_per_s']:.1f}")
+    console.print(table)
