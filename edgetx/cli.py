@@ -1,4 +1,5 @@
-"""The `edgetx` command line: thin wrappers over build, verify, generate and inspect."""
+"""The `edgetx` command line: thin wrappers over build, verify, generate and embed; the file
+and bundle tools (inspect, optimize, quantize, bench, backends) are in edgetx.cli_tools."""
 
 from __future__ import annotations
 
@@ -16,15 +17,7 @@ from rich.table import Table
 
 from edgetx import __version__
 from edgetx.errors import EdgetxError
-from edgetx.tables import (
-    console,
-    print_bench,
-    print_candidates,
-    print_matrix,
-    print_onnx,
-    print_parity,
-    print_quantization,
-)
+from edgetx.tables import console, print_candidates, print_matrix, print_parity, print_quantization
 
 DEFAULT_OUT = "dist/edgetx-gpt"
 
@@ -106,40 +99,6 @@ def build(model: Path | None, out: Path, force: bool, allow_pickle: bool, trust_
     print_quantization(bundle.manifest)
     print_parity([v.parity for v in bundle.variants.values() if v.parity])
     console.print(f"bundle written to [bold]{bundle.path}[/]")
-
-
-
-@main.command()
-@click.argument("src", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
-@click.option("--passes", default="ort-fusions", show_default=True,
-              help="Which candidate's passes: ort-fusions, ort-offline-extended, ort-fusions+ort-offline-extended.")
-def optimize(src: Path, out: Path, passes: str) -> None:
-    """Fuse one ONNX file for onnxruntime and print the op histogram before -> after.
-
-    Inside `edgetx build`, every candidate is verified against the golden I/O and timed, and the
-    fastest that passes is kept; this command applies one candidate to a file you give it.
-
-    \b
-    Example:
-      edgetx optimize dist/edgetx-gpt/fp32/model.onnx -o /tmp/fused.onnx
-    """
-    from edgetx.optimize import optimize_file
-
-    with console.status(f"applying {passes} ..."):
-        log = optimize_file(src, out, passes)
-    before, after = log[0]["ops_before"], log[-1]["ops_after"]
-    table = Table(title=f"{src.name} -> {out.name}: {sum(before.values())} -> {sum(after.values())} nodes")
-    for col in ("op", "before", "after"):
-        table.add_column(col)
-    for op in sorted(set(before) | set(after), key=lambda o: -max(before.get(o, 0), after.get(o, 0))):
-        if before.get(op, 0) != after.get(op, 0):
-            table.add_row(op, str(before.get(op, 0)), str(after.get(op, 0)))
-    console.print(table)
-    for entry in log:
-        if entry.get("fusions"):
-            console.print(f"{entry['pass']}: " + ", ".join(f"{k} x{v}" for k, v in entry["fusions"].items()))
-    console.print(f"wrote {out}")
 
 
 
@@ -304,140 +263,9 @@ def embed(bundle: Path, texts: tuple[str, ...], text_file, npy: Path | None, var
                                for t, v in zip(items, vectors)]))
 
 
-@main.command()
-@click.argument("target", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
-def inspect(target: Path, as_json: bool) -> None:
-    """Show what is inside a bundle or an ONNX file: ops, size, I/O, opset, parity.
+from edgetx import cli_tools  # noqa: E402,F401  (registers inspect, optimize, quantize, bench, backends)
 
-    \b
-    Examples:
-      edgetx inspect dist/edgetx-gpt
-      edgetx inspect dist/edgetx-gpt/fp32/model.onnx --json
-    """
-    from edgetx.onnx_info import inspect_onnx
+if __name__ == "__main__":  # `python -m edgetx.cli`: run the group the tools registered on
+    from edgetx.cli import main as registered_main
 
-    if target.is_dir():
-        from edgetx.bundle import Bundle
-
-        bundle = Bundle.load(target)
-        info = {"bundle": str(target), "model": bundle.model, "variants": {}}
-        for name, variant in bundle.variants.items():
-            info["variants"][name] = {"precision": variant.precision, "parity_passed": (variant.parity or {}).get("passed"),
-                                      "parity_max_abs": (variant.parity or {}).get("max_abs"),
-                                      **inspect_onnx(bundle.file(variant.file))}
-        info["provenance"] = bundle.manifest["provenance"]
-        info["optimization"] = bundle.manifest.get("optimization")
-        info["quantization"] = bundle.manifest.get("quantization")
-    else:
-        info = inspect_onnx(target)
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    if target.is_dir():
-        info["manifest"] = bundle.manifest
-    for name, entry in (info["variants"].items() if "variants" in info else [(target.name, info)]):
-        print_onnx(name, entry)
-    if info.get("optimization"):
-        print_candidates(info["optimization"])
-    if info.get("manifest"):
-        print_quantization(info.pop("manifest"))
-    if "model" in info:
-        facts = ", ".join(f"{k}={v}" for k, v in info["model"].items())
-        console.print(f"[bold]model[/]: {facts}")
-        versions = info["provenance"].get("versions", {})
-        console.print(f"[bold]provenance[/]: {info['provenance'].get('exporter')}, opset "
-                      f"{info['provenance'].get('opset')}, " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-
-
-
-@main.command()
-@click.argument("src", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--scheme", "scheme_name", required=True,
-              help="int8, int8-per-tensor, int8-weight-only, int4, int4-sym, int4-hqq, fp16 (static int8 schemes "
-                   "need calibration data: use them through `edgetx build --quantize`).")
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
-@click.option("--exclude", multiple=True, help="Node name to keep in fp32 (repeatable).")
-def quantize(src: Path, scheme_name: str, out: Path, exclude: tuple[str, ...]) -> None:
-    """Quantize one ONNX file with one scheme (no gate: a bundle build gates every variant).
-
-    \b
-    Examples:
-      edgetx quantize dist/edgetx-gpt/fp32/model.onnx --scheme int4 -o /tmp/int4.onnx
-      edgetx quantize model.onnx --scheme int8 --exclude node_MatMul_12 -o model.int8.onnx
-    """
-    from edgetx.quantize import quantize_file
-
-    with console.status(f"quantizing with {scheme_name} ..."):
-        info = quantize_file(scheme_name, src, out, list(exclude))
-    console.print(f"wrote {out}: {info['bytes_before'] / 1e6:.2f} MB -> {info['bytes_after'] / 1e6:.2f} MB "
-                  f"({info['scheme']['method']}, {info['scheme']['options']})")
-
-
-def _ints(text: str, allow_default: bool = False) -> tuple:
-    try:
-        return tuple(None if allow_default and t.strip() == "default" else int(t) for t in text.split(","))
-    except ValueError:
-        raise EdgetxError(f"expected comma-separated integers, got {text!r}") from None
-
-
-@main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("-p", "--prompt-tokens", default=128, show_default=True, help="Decoders: prompt length.")
-@click.option("-n", "--new-tokens", default=64, show_default=True, help="Decoders: tokens to generate.")
-@click.option("--batch-sizes", default="1,8", show_default=True, help="Encoders: batch sizes.")
-@click.option("--seq-lens", default="128", show_default=True, help="Encoders: sequence lengths.")
-@click.option("--threads", "threads_text", default="default", show_default=True,
-              help="Thread counts to sweep, e.g. 1,2 ('default' = the backend's).")
-@click.option("--variant", "variants", multiple=True, help="Variant(s) (default: all).")
-@click.option("--backend", default="ort-cpu", show_default=True)
-@click.option("--repeats", default=3, show_default=True)
-@click.option("--warmup", default=1, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
-@click.option("--no-save", is_flag=True, help="Do not store the results in the bundle's manifest.")
-def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, seq_lens: str, threads_text: str,
-          variants: tuple[str, ...], backend: str, repeats: int, warmup: int, as_json: bool, no_save: bool) -> None:
-    """Measure BUNDLE's variants on a backend (torch-free; runs on a device).
-
-    \b
-    Examples:
-      edgetx bench dist/smollm2 -p 128 -n 64 --threads 1,2
-      edgetx bench dist/minilm --batch-sizes 1,8,32 --seq-lens 64,128 --json > bench.json
-    """
-    from edgetx.bench import BenchConfig
-    from edgetx.bench import bench as run_bench
-    from edgetx.bundle import Bundle
-
-    loaded = Bundle.load(bundle)
-    if repeats < 1 or warmup < 0:
-        raise EdgetxError("--repeats must be >= 1 and --warmup >= 0")
-    cfg = BenchConfig(prompt_tokens, new_tokens, _ints(batch_sizes), _ints(seq_lens), warmup, repeats)
-    with console.status("benchmarking ..."):
-        results = run_bench(loaded, list(variants) or None, backend, _ints(threads_text, allow_default=True), cfg)
-    if as_json:
-        click.echo(json.dumps(results, indent=2))
-    else:
-        print_bench(results)
-    if not no_save:
-        stored = dict(loaded.manifest.get("bench") or {})
-        stored.update({f"{r['variant']}@{r['backend']}@threads={r['threads']}": r for r in results})
-        loaded.update_manifest("bench", stored)
-
-
-@main.command()
-def backends() -> None:
-    """List the backends edgetx knows and whether each can run here (and why not)."""
-    from edgetx.runtimes import list_backends
-
-    table = Table()
-    for col in ("backend", "available", "details"):
-        table.add_column(col)
-    for name, backend in sorted(list_backends().items()):
-        status = backend.availability()
-        table.add_row(name, "[green]yes[/]" if status.available else "[red]no[/]",
-                      f"{backend.description}; {status.reason}")
-    console.print(table)
-
-
-if __name__ == "__main__":
-    main()
+    registered_main()
