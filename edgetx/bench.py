@@ -117,10 +117,11 @@ def bench(bundle: Bundle, variants: list[str] | None = None, backend: str = "ort
             after = _rss_mb()
             kind = bundle.model.get("kind")
             measured = bench_decoder(session, cfg) if kind == "causal-lm" else bench_encoder(session, cfg)
+            end = _rss_mb()
             results.append({
                 "variant": name, "precision": variant.precision, "backend": backend, "threads": t or "default",
                 "file_mb": bundle.file(variant.file).stat().st_size / 1e6, "load_ms": load_ms,
-                "rss_mb": _rss_mb().get("VmRSS"), "peak_rss_mb": _rss_mb().get("VmHWM"),
+                "rss_mb": end.get("VmRSS"), "peak_rss_mb": end.get("VmHWM"),
                 "load_rss_delta_mb": (after.get("VmRSS", 0) - before.get("VmRSS", 0)) if after else None,
                 "warmup": cfg.warmup, "repeats": cfg.repeats, "machine": platform.machine(), **measured})
             del session

@@ -153,7 +153,10 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
             golden, golden_info = source.capture_golden()
             writer.save_arrays("golden.npz", golden)
         for rel, src in source.extra_files.items():
-            shutil.copyfile(src, writer.path(rel))
+            if isinstance(src, bytes):
+                writer.path(rel).write_bytes(src)
+            else:
+                shutil.copyfile(src, writer.path(rel))
 
         manifest = {
             "format": "edgetx-bundle",

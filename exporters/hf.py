@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +115,7 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
 
 
 def _load_tokenizer(folder: Path, gguf: str | None, trust_remote_code: bool):
-    """A fast tokenizer, saved to a temporary folder so its tokenizer.json can travel in the bundle."""
+    """A fast tokenizer, and its tokenizer.json (what save_pretrained writes) to travel in the bundle."""
     from transformers import AutoTokenizer
 
     try:
@@ -128,9 +127,7 @@ def _load_tokenizer(folder: Path, gguf: str | None, trust_remote_code: bool):
     if not tokenizer.is_fast:
         raise UnsupportedModel(f"{folder}: only a slow (Python) tokenizer is available; edgetx's runtime needs a "
                                "fast tokenizer (tokenizer.json)")
-    saved = Path(tempfile.mkdtemp(prefix="edgetx-tokenizer-"))
-    tokenizer.save_pretrained(saved)
-    return tokenizer, {"tokenizer/tokenizer.json": saved / "tokenizer.json"}
+    return tokenizer, {"tokenizer/tokenizer.json": tokenizer.backend_tokenizer.to_str().encode("utf-8")}
 
 
 def _special_ids(tokenizer, config, generation_config=None) -> dict:

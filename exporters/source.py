@@ -27,7 +27,7 @@ class ExportSource:
     capture_golden: Callable[[], tuple[dict[str, np.ndarray], dict]]  # -> arrays, description
     source: str
     source_sha256: str
-    extra_files: dict[str, Path] = field(default_factory=dict)  # bundle path -> file to copy in
+    extra_files: dict[str, Path | bytes] = field(default_factory=dict)  # bundle path -> file to copy, or contents
     notes: list[str] = field(default_factory=list)  # adjustments made for export, recorded in provenance
     quant_data: Callable[[], dict[str, np.ndarray]] | None = None  # held-out eval + calibration inputs
     module: torch.nn.Module | None = None  # the PyTorch model, for `verify --explain --against pytorch`
