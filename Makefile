@@ -16,7 +16,7 @@ CHECKPOINT := models/checkpoint
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[export,hf,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[export,hf,report,dev]'
 	@touch $@
 
 # Downloads are kept in .cache/wheels (git-ignored), so re-provisioning downloads nothing again.

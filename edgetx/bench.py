@@ -9,6 +9,7 @@ spread (min/max) across repetitions. Results can be stored in the bundle's manif
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -18,6 +19,7 @@ import numpy as np
 
 from edgetx.bundle import Bundle
 from edgetx.errors import InputError
+from edgetx.roofline import decode_bounds, measure_read_bandwidth
 from edgetx.runtimes.feeds import causal_feeds, empty_cache, next_cache
 from edgetx.runtimes.session import Session
 
@@ -103,8 +105,10 @@ def bench_encoder(session: Session, cfg: BenchConfig) -> dict:
 
 
 def bench(bundle: Bundle, variants: list[str] | None = None, backend: str = "ort-cpu",
-          threads: tuple[int | None, ...] = (None,), cfg: BenchConfig | None = None) -> list[dict]:
-    """One result per variant x thread count."""
+          threads: tuple[int | None, ...] = (None,), cfg: BenchConfig | None = None,
+          memory_bound: bool = True) -> list[dict]:
+    """One result per variant x thread count. Decoder results also get `memory_bound`: the decode
+    step time against this machine's measured read bandwidth (see edgetx.roofline)."""
     cfg = cfg or BenchConfig()
     results = []
     for name in variants or list(bundle.variants):
@@ -125,4 +129,14 @@ def bench(bundle: Bundle, variants: list[str] | None = None, backend: str = "ort
                 "load_rss_delta_mb": (after.get("VmRSS", 0) - before.get("VmRSS", 0)) if after else None,
                 "warmup": cfg.warmup, "repeats": cfg.repeats, "machine": platform.machine(), **measured})
             del session
+    if memory_bound and bundle.model.get("kind") == "causal-lm" and results:
+        add_memory_bound(bundle, results)
     return results
+
+
+def add_memory_bound(bundle: Bundle, results: list[dict]) -> None:
+    """Attach each decoder result's bandwidth floor (bytes read per token / read bandwidth)."""
+    counts = sorted({r["threads"] if isinstance(r["threads"], int) else (os.cpu_count() or 1) for r in results})
+    bandwidth = {t: measure_read_bandwidth(t) for t in counts}
+    for result, row in zip(results, decode_bounds(bundle, results, bandwidth, default_threads=os.cpu_count() or 1)):
+        result["memory_bound"] = row

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from edgetx.cli import main
 from edgetx.errors import EdgetxError
-from edgetx.tables import console, print_bench, print_candidates, print_onnx, print_quantization
+from edgetx.tables import console, print_bench, print_candidates, print_onnx, print_quantization, print_report
 
 
 @main.command()
@@ -166,6 +166,36 @@ def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, s
         stored = dict(loaded.manifest.get("bench") or {})
         stored.update({f"{r['variant']}@{r['backend']}@threads={r['threads']}": r for r in results})
         loaded.update_manifest("bench", stored)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Folder for report.md and pareto.png "
+              "(default: the bundle folder; they are derived from the manifest and not hash-listed).")
+@click.option("--backend", default="ort-cpu", show_default=True, help="Whose bench results to plot.")
+@click.option("--threads", default=None, help="Thread setting of the bench results to use (default: "
+              "'default' if every variant has it, else the smallest count they all have).")
+@click.option("--no-bench", is_flag=True, help="Fail instead of benchmarking variants that have no stored results.")
+def report(bundle: Path, out_dir: Path | None, backend: str, threads: str | None, no_bench: bool) -> None:
+    """Write report.md and pareto.png: each variant's accuracy vs latency, sized by file size.
+
+    Accuracy is the gate metric measured at build time (held-out bits per token for decoders, mean
+    embedding cosine for encoders); latency comes from `edgetx bench` results in the manifest
+    (variants without them are benchmarked first unless --no-bench). The Pareto front is marked.
+
+    \b
+    Examples:
+      edgetx report dist/smollm2
+      edgetx bench dist/minilm --threads 1 && edgetx report dist/minilm --threads 1 --out reports/minilm
+    """
+    from edgetx.bundle import Bundle
+    from edgetx.report import write_report
+
+    loaded = Bundle.load(bundle)
+    with console.status("collecting results (benchmarking variants without stored results) ..."):
+        text, image, points = write_report(loaded, out_dir, backend, threads, run_missing_bench=not no_bench)
+    print_report(points)
+    console.print(f"wrote {text} and {image}")
 
 
 @main.command()

@@ -134,6 +134,7 @@ def print_bench(results: list[dict]) -> None:
                           f"{lat['p50_ms']:.2f} / {lat['p90_ms']:.2f} / {lat['p99_ms']:.2f}" if lat else "-",
                           f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-")
         console.print(table)
+        print_memory_bound([r["memory_bound"] for r in results if "memory_bound" in r])
         return
     table = Table(title="encoder bench")
     for col in ("variant", "backend", "threads", "MB", "load ms", "batch", "seq", "p50/p90/p99 ms", "seq/s"):
@@ -143,4 +144,33 @@ def print_bench(results: list[dict]) -> None:
             table.add_row(r["variant"], r["backend"], str(r["threads"]), f"{r['file_mb']:.1f}", f"{r['load_ms']:.0f}",
                           str(b["batch"]), str(b["seq"]), f"{b['p50_ms']:.2f} / {b['p90_ms']:.2f} / {b['p99_ms']:.2f}",
                           f"{b['sequences_per_s']:.1f}")
+    console.print(table)
+
+
+def print_memory_bound(rows: list[dict]) -> None:
+    """Decode step time against the floor set by this machine's read bandwidth."""
+    if not rows:
+        return
+    table = Table(title="memory-bandwidth bound of a decode step (weights + KV cache read per token "
+                        "/ measured read bandwidth)")
+    for col in ("variant", "threads", "weights MB", "KV MB", "read GB/s", "floor ms", "decode p50 ms", "x floor"):
+        table.add_column(col)
+    for r in rows:
+        if r.get("bound_ms") is None:
+            table.add_row(r["variant"], str(r["threads"]), "-", "-", "-", "-", "-", r.get("note", "-"))
+            continue
+        table.add_row(r["variant"], str(r["threads"]), f"{r['weight_mb']:.1f}", f"{r['kv_mb']:.1f}",
+                      f"{r['bandwidth_gb_s']:.1f}", f"{r['bound_ms']:.2f}", f"{r['decode_ms']:.2f}",
+                      f"{r['x_bound']:.1f}x")
+    console.print(table)
+
+
+def print_report(points) -> None:
+    """The report's variants: size, accuracy, latency, gate, Pareto membership."""
+    table = Table(title="variants: accuracy x latency x size")
+    for col in ("variant", "precision", "MB", "accuracy", "latency ms", "gate", "Pareto"):
+        table.add_column(col)
+    for p in points:
+        table.add_row(p.variant, p.precision, f"{p.size_mb:.1f}", f"{p.accuracy:.4g}", f"{p.latency_ms:.2f}",
+                      p.gate, "[green]yes[/]" if p.pareto else "")
     console.print(table)
