@@ -126,14 +126,15 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
 
 def build(model: str | Path | None, out: str | Path, *, force: bool = False, allow_pickle: bool = False,
           trust_remote_code: bool = False, optimize: bool = True, quantize: tuple[str, ...] | None = None,
-          stage: StageReporter = _silent) -> Bundle:
+          formats: tuple[str, ...] = (), stage: StageReporter = _silent) -> Bundle:
     """Build a bundle for `model` (None = the reference checkpoint) at `out`.
 
     `allow_pickle` permits pickle weight files (loaded with weights_only=True);
     `trust_remote_code` lets transformers run a model folder's own Python code.
     `optimize` builds fused candidates of the fp32 graph and keeps the fastest that passes parity.
     `quantize` names the schemes to add as variants (None = the default for the model kind);
-    each is written only if it passes its gate.
+    each is written only if it passes its gate. `formats` ("ort") adds other serializations after the
+    bundle is in place, each verified on its backend (a failure leaves the bundle without them).
     """
     _require_export_extra()
     from edgetx.exporters.source import load_source
@@ -193,4 +194,20 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
             _quantize_variants(provisional, writer, manifest, source, schemes, stage)
         with stage("write manifest and move the bundle into place"):
             writer.commit(manifest)
-    return Bundle.load(out)
+    bundle = Bundle.load(out)
+    if "ort" in formats:
+        with stage("convert to the ORT format, check NNAPI/CoreML usability, verify the .ort files"):
+            _add_ort(bundle)
+    return bundle
+
+
+def _add_ort(bundle: Bundle) -> None:
+    from edgetx.convert import mobile_report, to_ort
+    from edgetx.parity import verify
+
+    to_ort(bundle)
+    mobile_report(bundle)
+    failed = [f"{r.variant}: {c.name} ({c.detail})" for r in verify(bundle, backend="ort-format")
+              for c in r.checks if not c.passed]
+    if failed:
+        raise EdgetxError(f"the .ort files in {bundle.path} do not reproduce the golden I/O: " + "; ".join(failed))

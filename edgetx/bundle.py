@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -61,6 +61,16 @@ class Variant:
     precision: str
     file: str
     parity: dict | None = None
+    formats: dict[str, str] | None = None  # other serializations of this variant, e.g. {"ort": "fp32/model.ort"}
+
+    def file_for(self, model_format: str) -> str:
+        """The bundle-relative file of this variant in `model_format` ("onnx" or one of `formats`)."""
+        if model_format == "onnx":
+            return self.file
+        if model_format not in (self.formats or {}):
+            hint = " (add it with `edgetx convert BUNDLE --to ort`)" if model_format == "ort" else ""
+            raise BundleError(f"variant {self.name!r} has no {model_format!r} file{hint}")
+        return self.formats[model_format]
 
 
 class Bundle:
@@ -113,6 +123,10 @@ class Bundle:
             if variant["file"] not in files:
                 raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].file {variant['file']!r} "
                                   "is not listed under 'files' (so its hash cannot be checked)")
+            for fmt, rel in (variant.get("formats") or {}).items():
+                if rel not in files:
+                    raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].formats[{fmt!r}] {rel!r} "
+                                      "is not listed under 'files' (so its hash cannot be checked)")
             if variant.get("sha256", files[variant["file"]]["sha256"]) != files[variant["file"]]["sha256"]:
                 raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].sha256 disagrees with "
                                   f"files[{variant['file']!r}].sha256; the manifest was edited inconsistently")
@@ -131,7 +145,7 @@ class Bundle:
 
     @property
     def variants(self) -> dict[str, Variant]:
-        return {name: Variant(name, v.get("precision", "?"), v["file"], v.get("parity"))
+        return {name: Variant(name, v.get("precision", "?"), v["file"], v.get("parity"), v.get("formats"))
                 for name, v in self.manifest["variants"].items()}
 
     def variant(self, name: str) -> Variant:
@@ -152,6 +166,28 @@ class Bundle:
         tmp = self.path / (MANIFEST + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
         os.replace(tmp, self.path / MANIFEST)
+
+    def add_files(self, new_files: dict[str, Path], edit: Callable[[dict[str, Any]], None]) -> None:
+        """Move `new_files` ({bundle-relative path: finished file}) into the bundle, let `edit` change the
+        manifest (e.g. name them in a variant), and rewrite manifest.json last and atomically.
+
+        Until the manifest is replaced the new files are unreferenced, so an interruption leaves the
+        bundle as it was (plus stray files that the next run overwrites)."""
+        manifest = json.loads(json.dumps(self.manifest))
+        for rel, source in new_files.items():
+            target = _check_relative(self.path, rel, "new file")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staged = target.with_name(target.name + f".{os.getpid()}.partial")
+            shutil.move(str(source), staged)
+            os.replace(staged, target)
+            manifest["files"][rel] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
+        edit(manifest)
+        updated = Bundle(self.path, manifest)
+        updated._validate_files(verify_hashes=False)  # the edit must leave a loadable manifest
+        tmp = self.path / (MANIFEST + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, self.path / MANIFEST)
+        self.manifest = manifest
 
     def golden(self) -> dict[str, np.ndarray]:
         """The golden I/O arrays (loaded without pickle)."""

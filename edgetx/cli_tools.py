@@ -4,6 +4,7 @@ quantize, bench, backends. Registered on the `edgetx` group defined in edgetx.cl
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -11,7 +12,8 @@ from rich.table import Table
 
 from edgetx.cli import main
 from edgetx.errors import EdgetxError
-from edgetx.tables import console, print_bench, print_candidates, print_onnx, print_quantization, print_report
+from edgetx.tables import (console, print_bench, print_candidates, print_matrix, print_mobile, print_onnx,
+                           print_quantization, print_report)
 
 
 @main.command()
@@ -85,6 +87,7 @@ def inspect(target: Path, as_json: bool) -> None:
     if info.get("optimization"):
         print_candidates(info["optimization"])
     if info.get("manifest"):
+        print_mobile(info["manifest"])
         print_quantization(info.pop("manifest"))
     if "model" in info:
         facts = ", ".join(f"{k}={v}" for k, v in info["model"].items())
@@ -166,6 +169,47 @@ def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, s
         stored = dict(loaded.manifest.get("bench") or {})
         stored.update({f"{r['variant']}@{r['backend']}@threads={r['threads']}": r for r in results})
         loaded.update_manifest("bench", stored)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--to", "target", type=click.Choice(["ort"]), required=True,
+              help="ort: onnxruntime's mobile format (.ort per variant + required_operators.config).")
+@click.option("--variant", "variants", multiple=True, help="Variant(s) to convert (default: all).")
+@click.option("--no-verify", is_flag=True, help="Skip checking the converted files against the golden I/O.")
+def convert(bundle: Path, target: str, variants: tuple[str, ...], no_verify: bool) -> None:
+    """Add other serializations of BUNDLE's variants, checked against the golden I/O.
+
+    --to ort writes a .ort file beside each variant's model.onnx, the operator list for an
+    onnxruntime reduced build (mobile/required_operators.config), and an NNAPI/CoreML usability
+    report per variant (shown by `edgetx inspect`); then runs each .ort on the ort-format backend.
+
+    \b
+    Examples:
+      edgetx convert dist/edgetx-gpt --to ort
+      edgetx verify dist/edgetx-gpt --backend ort-format
+    """
+    from edgetx.bundle import Bundle
+    from edgetx.convert import mobile_report, to_ort
+    from edgetx.parity import verify as run_verify
+
+    loaded = Bundle.load(bundle)
+    chosen = list(variants) or None
+    with console.status("converting to the ORT format ..."):
+        added = to_ort(loaded, chosen)
+    with console.status("checking NNAPI / CoreML usability ..."):
+        mobile_report(loaded, chosen)
+    print_mobile(loaded.manifest)
+    console.print(f"wrote {', '.join(added['ort'].values())} and {added['required_operators']}")
+    if no_verify:
+        return
+    with console.status("verifying the .ort files on ort-format ..."):
+        reports = [r.to_dict() for r in run_verify(Bundle.load(bundle), backend="ort-format", variants=chosen)]
+    print_matrix(reports)
+    if not all(r["passed"] for r in reports):
+        console.print("[bold red]parity failed on the .ort files[/] (`edgetx verify BUNDLE --backend ort-format` "
+                      "shows each check)")
+        sys.exit(1)
 
 
 @main.command()

@@ -22,7 +22,7 @@ import numpy as np
 from edgetx import metrics
 from edgetx.bundle import Bundle
 from edgetx.errors import BundleError
-from edgetx.runtimes.base import list_backends
+from edgetx.runtimes.base import get_backend, list_backends
 from edgetx.runtimes.feeds import causal_feeds, empty_cache, encoder_feeds, next_cache
 from edgetx.runtimes.pooling import pool
 from edgetx.runtimes.session import Session
@@ -35,6 +35,7 @@ class Check:
     passed: bool
     max_abs: float | None = None
     detail: str = ""
+    tokens: list[int] | None = None  # greedy decode: [steps agreeing with PyTorch, steps]
 
 
 @dataclass
@@ -44,6 +45,7 @@ class ParityReport:
     precision: str
     tolerance: dict
     checks: list[Check] = field(default_factory=list)
+    skipped: str = ""  # why this variant was not run on this backend (e.g. it has no file in the backend's format)
 
     @property
     def passed(self) -> bool:
@@ -56,7 +58,7 @@ class ParityReport:
     def to_dict(self) -> dict:
         return {"variant": self.variant, "backend": self.backend, "precision": self.precision,
                 "passed": self.passed, "max_abs": self.max_abs, "tolerance": self.tolerance,
-                "checks": [asdict(c) for c in self.checks]}
+                "checks": [asdict(c) for c in self.checks], "skipped": self.skipped}
 
 
 def to_markdown(reports: list[ParityReport | dict]) -> str:
@@ -112,7 +114,8 @@ def verify_causal_lm(session: Session, golden: dict[str, np.ndarray], tolerance:
     summary = (f"{len(want_tokens)} steps, all tokens identical" if matched else
                f"tokens agree for {agreed} of {len(want_tokens)} steps") + f"; max KL {kld:.1e}"
     ok = ok and (matched or not tolerance.greedy_must_match)
-    checks.append(Check("greedy decode", ok, diff, summary))
+    checks.append(Check("greedy decode", ok, diff, summary, [agreed if not matched else len(want_tokens),
+                                                             len(want_tokens)]))
 
     # The cached steps must equal one pass over prompt + fed tokens without a cache.
     full = np.concatenate([prompt, np.array([got_tokens], dtype=np.int64)], axis=1)
@@ -211,9 +214,21 @@ def available_backends() -> list[str]:
     return [name for name, backend in sorted(list_backends().items()) if backend.availability().available]
 
 
-def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: int | None = None) -> list[ParityReport]:
-    """Every variant on every available (or named) backend."""
+def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: int | None = None,
+                  variants: list[str] | None = None) -> list[ParityReport]:
+    """Every (or the named) variant on every available (or named) backend. A variant without a file
+    in a backend's format (e.g. no .ort yet) gets a skipped report saying so, when backends were not named."""
     reports = []
     for backend in backends or available_backends():
-        reports += verify(bundle, backend=backend, threads=threads)
+        model_format = get_backend(backend).model_format
+        runnable = []
+        for name in variants or list(bundle.variants):
+            variant = bundle.variant(name)
+            if model_format == "onnx" or model_format in (variant.formats or {}) or backends:
+                runnable.append(name)
+            else:
+                report = ParityReport(name, backend, variant.precision, {})
+                report.skipped = f"no {model_format} file (edgetx convert {bundle.path} --to {model_format})"
+                reports.append(report)
+        reports += verify(bundle, backend=backend, variants=runnable, threads=threads) if runnable else []
     return reports

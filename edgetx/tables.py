@@ -82,10 +82,23 @@ def print_matrix(reports: list[dict]) -> None:
         cells = []
         for b in backends:
             r = next((r for r in reports if r["variant"] == variant and r["backend"] == b), None)
-            cells.append("-" if r is None else ("[green]pass[/]" if r["passed"] else "[red]FAIL[/]")
-                         + f" {r['max_abs']:.1e}")
+            cells.append(_matrix_cell(r))
         table.add_row(variant, *cells)
     console.print(table)
+    notes = sorted({r["skipped"] for r in reports if r.get("skipped")})
+    for note in notes:
+        console.print(f"[dim]skipped: {note}[/]")
+
+
+def _matrix_cell(report: dict | None) -> str:
+    """pass/FAIL, the largest difference from PyTorch, and greedy-token agreement when decoded."""
+    if report is None:
+        return "-"
+    if report.get("skipped"):
+        return "[dim]skipped[/]"
+    cell = ("[green]pass[/]" if report["passed"] else "[red]FAIL[/]") + f" {report['max_abs']:.1e}"
+    greedy = next((c["tokens"] for c in report["checks"] if c.get("tokens")), None)
+    return cell + (f" greedy {greedy[0]}/{greedy[1]}" if greedy else "")
 
 
 def print_onnx(name: str, info: dict) -> None:
@@ -173,4 +186,31 @@ def print_report(points) -> None:
     for p in points:
         table.add_row(p.variant, p.precision, f"{p.size_mb:.1f}", f"{p.accuracy:.4g}", f"{p.latency_ms:.2f}",
                       p.gate, "[green]yes[/]" if p.pareto else "")
+    console.print(table)
+
+
+def print_mobile(manifest: dict) -> None:
+    """The ORT-format files and the NNAPI / CoreML usability report stored by `edgetx convert`."""
+    mobile = manifest.get("mobile") or {}
+    if not mobile:
+        return
+    table = Table(title=f"mobile: .ort files, NNAPI / CoreML coverage (supported nodes / nodes, partitions; "
+                        f"operators for a reduced build: {mobile.get('required_operators', '-')})")
+    for col in ("variant", ".ort", "EP", "as exported", "if shapes were fixed", "unsupported ops"):
+        table.add_column(col)
+    for name, variant in manifest["variants"].items():
+        ort_file = (variant.get("formats") or {}).get("ort", "-")
+        report = (mobile.get("usability") or {}).get(name)
+        if not report:
+            table.add_row(name, ort_file, "-", "-", "-", "-")
+            continue
+        if "error" in report:
+            table.add_row(name, ort_file, "-", f"check failed: {report['error']}", "-", "-")
+            continue
+        for i, (ep, r) in enumerate(report["eps"].items()):
+            table.add_row(name if i == 0 else "", ort_file if i == 0 else "", ep,
+                          f"{r['supported_nodes']}/{r['nodes']}, {r['partitions']} ({r['verdict']})",
+                          f"{r['supported_nodes_if_fixed']}/{r['nodes']}, {r['partitions_if_fixed']} "
+                          f"({r['verdict_if_fixed']})", ", ".join(o.split(":")[-1] for o in r["unsupported_ops"][:6])
+                          + (" ..." if len(r["unsupported_ops"]) > 6 else ""))
     console.print(table)

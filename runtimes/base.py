@@ -51,6 +51,7 @@ class BackendSession(ABC):
 class Backend(ABC):
     name: str = ""
     description: str = ""
+    model_format: str = "onnx"  # which serialization of a variant it loads: "onnx", or "ort" (ORT mobile format)
 
     @abstractmethod
     def availability(self) -> Availability:

@@ -91,7 +91,7 @@ class Session:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, verify_hashes=verify_hashes)
         self.variant = self.bundle.variant(variant)
         self.backend = get_backend(backend)
-        self.model_path: Path = self.bundle.file(self.variant.file)
+        self.model_path: Path = self.bundle.file(self.variant.file_for(self.backend.model_format))
         options = SessionOptions(threads=threads, graph_optimization=graph_optimization)
         self._session = self.backend.create_session(self.model_path, options)
         self.inputs: list[dict] = self.bundle.io["inputs"]

@@ -1,0 +1,124 @@
+"""`convert`: a bundle's variants in the ORT mobile format, plus what a mobile build needs to know.
+
+- `.ort` files: onnxruntime's flatbuffer format, loaded by its mobile packages and reduced-operator
+  builds (onnxruntime.tools.convert_onnx_models_to_ort, "Fixed" optimization style, so the file is
+  already optimized and needs no optimizer on the device);
+- `required_operators.config`: the operator kernels all variants need, the input of an onnxruntime
+  reduced build (`--include_ops_by_config`);
+- a usability report per variant: how much of the graph NNAPI and CoreML could take, as dynamic
+  shapes are and if they were fixed (onnxruntime.tools.mobile_helpers.usability_checker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgetx.bundle import Bundle
+from edgetx.errors import EdgetxError
+
+REQUIRED_OPERATORS = "mobile/required_operators.config"
+USABILITY_EPS = {"NNAPI": "nnapi", "CoreML NeuralNetwork": "coreml_supported_neuralnetwork_ops.md",
+                 "CoreML MLProgram": "coreml_supported_mlprogram_ops.md"}
+
+
+def to_ort(bundle: Bundle, variants: list[str] | None = None) -> dict:
+    """Add a `.ort` file beside each (or the named) variant's ONNX file and the bundle's
+    required-operators config; record them in the manifest. Returns what was added."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    names = variants or list(bundle.variants)
+    with tempfile.TemporaryDirectory(prefix=".edgetx-ort-", dir=bundle.path.parent) as tmp:
+        staging, out = Path(tmp) / "onnx", Path(tmp) / "ort"
+        for name in names:  # one folder per variant, the ONNX file linked (not copied) where possible
+            source = bundle.file(bundle.variant(name).file)
+            (staging / name).mkdir(parents=True)
+            _link_or_copy(source, staging / name / "model.onnx")
+        quiet = io.StringIO()
+        logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
+        try:
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                convert_onnx_models_to_ort(staging, output_dir=out, optimization_styles=[OptimizationStyle.Fixed])
+        except Exception as e:  # onnxruntime raises its own types; keep its last lines as the reason
+            detail = " | ".join(quiet.getvalue().strip().splitlines()[-3:])
+            raise EdgetxError(f"onnxruntime could not convert {bundle.path} to the ORT format: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:300]} {detail}".strip()) from None
+        config = next(out.glob("*.config"), None)
+        if config is None:
+            raise EdgetxError(f"the ORT conversion of {bundle.path} wrote no required-operators config")
+        _name_sources(config, out, {name: bundle.variant(name).file for name in names})
+        new_files, formats = {REQUIRED_OPERATORS: config}, {}
+        for name in names:
+            converted = out / name / "model.ort"
+            rel = str(Path(bundle.variant(name).file).with_suffix(".ort").as_posix())
+            new_files[rel] = converted
+            formats[name] = rel
+
+        def record(manifest: dict) -> None:
+            for name, rel in formats.items():
+                manifest["variants"][name].setdefault("formats", {})["ort"] = rel
+            mobile = manifest.setdefault("mobile", {})
+            mobile.update({"required_operators": REQUIRED_OPERATORS, "ort_optimization_style": "Fixed"})
+
+        bundle.add_files(new_files, record)
+    return {"ort": formats, "required_operators": REQUIRED_OPERATORS}
+
+
+def _name_sources(config: Path, out: Path, files: dict[str, str]) -> None:
+    """Replace the temporary paths in the config's header comment with the variants' bundle paths."""
+    text = config.read_text()
+    for name, rel in files.items():
+        text = text.replace(str(out / name / "model.ort"), str(Path(rel).with_suffix(".ort").as_posix()))
+    config.write_text(text)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        target.hardlink_to(source)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def usability(model_path: Path) -> dict:
+    """How well NNAPI and CoreML could run this model: nodes each EP supports, partitions, unsupported
+    ops, and the usability checker's verdict with the shapes as they are and if they were fixed."""
+    from onnxruntime.tools.mobile_helpers import usability_checker as uc
+    from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
+
+    checkers = {"NNAPI": uc.check_nnapi_partitions,
+                "CoreML NeuralNetwork": lambda m, f: uc.check_coreml_partitions(m, f, USABILITY_EPS["CoreML NeuralNetwork"]),
+                "CoreML MLProgram": lambda m, f: uc.check_coreml_partitions(m, f, USABILITY_EPS["CoreML MLProgram"])}
+    logging.getLogger("usability_checker").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="edgetx-usability-") as tmp:
+        optimized = Path(tmp) / "model.onnx"  # as on a device: basic optimizations first
+        optimize_model(Path(model_path), optimized, use_external_initializers=True)
+        model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
+        dynamic_inputs, _ = uc.check_shapes(model.graph)
+        report = {"dynamic_inputs": sorted(i.name for i in dynamic_inputs or []), "eps": {}}
+        for ep, check in checkers.items():
+            as_is, fixed = check(model, True), check(model, False)
+            report["eps"][ep] = {
+                "nodes": as_is.num_nodes, "supported_nodes": as_is.num_supported_nodes,
+                "partitions": as_is.num_partitions, "verdict": as_is.suitability().name,
+                "supported_nodes_if_fixed": fixed.num_supported_nodes, "partitions_if_fixed": fixed.num_partitions,
+                "verdict_if_fixed": fixed.suitability().name,
+                "unsupported_ops": sorted(fixed.unsupported_ops)}
+    return report
+
+
+def mobile_report(bundle: Bundle, variants: list[str] | None = None) -> dict[str, dict]:
+    """Run the usability check on each (or the named) variant and store it in the manifest."""
+    reports = {}
+    for name in variants or list(bundle.variants):
+        try:
+            reports[name] = usability(bundle.file(bundle.variant(name).file))
+        except Exception as e:  # the checker needs shape inference to pass; say so per variant
+            reports[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    mobile = dict(bundle.manifest.get("mobile") or {})
+    mobile["usability"] = {**mobile.get("usability", {}), **reports}
+    bundle.update_manifest("mobile", mobile)
+    return reports
