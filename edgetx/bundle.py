@@ -32,6 +32,22 @@ _REQUIRED = {"schema_version": int, "model": dict, "io": dict, "variants": dict,
              "golden": dict, "provenance": dict}
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (strict JSON has neither)."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON (no NaN/Infinity, which JavaScript and jq reject): non-finite numbers become null."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -164,7 +180,7 @@ class Bundle:
             raise BundleError(f"manifest field {key!r} is written only by a build")
         self.manifest[key] = value
         tmp = self.path / (MANIFEST + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
+        tmp.write_text(to_json(self.manifest) + "\n")
         os.replace(tmp, self.path / MANIFEST)
 
     def add_files(self, new_files: dict[str, Path], edit: Callable[[dict[str, Any]], None]) -> None:
@@ -185,7 +201,7 @@ class Bundle:
         updated = Bundle(self.path, manifest)
         updated._validate_files(verify_hashes=False)  # the edit must leave a loadable manifest
         tmp = self.path / (MANIFEST + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.write_text(to_json(manifest) + "\n")
         os.replace(tmp, self.path / MANIFEST)
         self.manifest = manifest
 
@@ -248,7 +264,7 @@ class BundleWriter:
                 raise BundleError(f"variant {name!r}: its file {variant.get('file')!r} was not written")
             variant.update(files[variant["file"]])  # each variant states its own sha256 and size too
         tmp_manifest = self.tmp / (MANIFEST + ".tmp")
-        tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp_manifest.write_text(to_json(manifest) + "\n")
         os.replace(tmp_manifest, self.tmp / MANIFEST)
         _fsync_tree(self.tmp)
         if self.target.exists():

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgetx import __version__
+from edgetx.bundle import to_json
 from edgetx.errors import EdgetxError
 from edgetx.tables import console, print_candidates, print_matrix, print_mobile, print_parity, print_quantization
 
@@ -150,7 +151,7 @@ def verify(bundle: Path, variants: tuple[str, ...], backends: tuple[str, ...], a
         reports = verify_matrix(loaded, backends=chosen, threads=threads, variants=list(variants) or None)
     reports = [r.to_dict() for r in reports]
     if as_json:
-        click.echo(json.dumps(reports, indent=2))
+        click.echo(to_json(reports))
     elif markdown:
         click.echo(to_markdown(reports))
     else:
@@ -173,7 +174,7 @@ def _explain(bundle, variants, backends, against, against_backend, rel_tol, as_j
         report = explain_bundle(bundle, variant, against=against, backend=backend, against_backend=against_backend,
                                 **kwargs)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(to_json(report.to_dict()))
     elif markdown:
         click.echo(report.to_markdown())
     else:

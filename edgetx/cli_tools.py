@@ -3,7 +3,6 @@ quantize, bench, backends. Registered on the `edgetx` group defined in edgetx.cl
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import click
 from rich.table import Table
 
 from edgetx.cli import main
+from edgetx.bundle import to_json
 from edgetx.errors import EdgetxError
 from edgetx.tables import (console, print_bench, print_candidates, print_matrix, print_mobile, print_onnx,
                            print_quantization, print_report)
@@ -78,7 +78,7 @@ def inspect(target: Path, as_json: bool) -> None:
     else:
         info = inspect_onnx(target)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(to_json(info))
         return
     if target.is_dir():
         info["manifest"] = bundle.manifest
@@ -162,7 +162,7 @@ def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, s
     with console.status("benchmarking ..."):
         results = run_bench(loaded, list(variants) or None, backend, _ints(threads_text, allow_default=True), cfg)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(to_json(results))
     else:
         print_bench(results)
     if not no_save:

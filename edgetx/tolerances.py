@@ -62,7 +62,10 @@ class Tolerance:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Tolerance":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if values.get("max_abs") is None:  # stored as null in strict JSON: no max-abs bound (judged by KL)
+            values["max_abs"] = float("inf")
+        return cls(**values)
 
 
 DEFAULT_FP32 = Tolerance(

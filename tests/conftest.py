@@ -57,3 +57,19 @@ def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:
     """Run code in a fresh interpreter of this environment (e.g. with torch blocked)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, **kwargs)
+
+
+def backend_or_skip(name: str):
+    """The named backend if it can run here; else skip with its reason, or fail when the run requires
+    it (`make test` sets EDGETX_REQUIRE_BACKENDS after provisioning them; CI sets CI)."""
+    from edgetx.runtimes import list_backends
+
+    backend = list_backends()[name]
+    status = backend.availability()
+    if not status.available:
+        message = f"{name} backend unavailable: {status.reason}"
+        required = os.environ.get("EDGETX_REQUIRE_BACKENDS", "").split(",")
+        if os.environ.get("CI") or name in required:
+            pytest.fail(message)
+        pytest.skip(message)
+    return backend
