@@ -94,3 +94,26 @@ def test_build_with_ort(tiny_checkpoint, tmp_path):
     bundle = build(tiny_checkpoint, tmp_path / "b", optimize=False, quantize=("int4",), formats=("ort",))
     assert all(v.formats and "ort" in v.formats for v in bundle.variants.values())
     assert "usability" in Bundle.load(bundle.path).manifest["mobile"]
+
+
+def test_fixed_shape_copies(tiny_bundle):
+    runner = CliRunner()
+    result = runner.invoke(main, ["convert", str(tiny_bundle), "--to", "fixed"])
+    assert result.exit_code == 1 and "batch=1,seq=1,past=1" in result.stderr  # says which dims to give
+    result = runner.invoke(main, ["convert", str(tiny_bundle), "--to", "fixed", "--shape", "batch=1,seq=4"])
+    assert result.exit_code == 1 and "missing: past" in result.stderr
+    result = runner.invoke(main, ["convert", str(tiny_bundle), "--to", "fixed", "--shape", "batch=1,seq=1,past=x"])
+    assert result.exit_code == 1 and "NAME=INTEGER" in result.stderr
+    result = runner.invoke(main, ["convert", str(tiny_bundle), "--to", "fixed", "--shape", "batch=2,seq=1,past=15"])
+    assert result.exit_code == 0, result.output
+    bundle = Bundle.load(tiny_bundle)
+    import onnx
+
+    for name, variant in bundle.variants.items():
+        entry = bundle.manifest["variants"][name]
+        assert entry["fixed_shape"]["dims"] == {"batch": 2, "seq": 1, "past": 15}
+        model = onnx.load(str(bundle.file(variant.formats["onnx-fixed"])), load_external_data=False)
+        shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+        assert shapes["input_ids"] == [2, 1] and shapes["attention_mask"] == [2, 16]
+        assert shapes["past_key_values.0.key"][0] == 2 and shapes["past_key_values.0.key"][2] == 15
+    assert bundle.manifest["variants"]["fp32"]["fixed_shape"]["max_abs_vs_dynamic"] <= 1e-5
