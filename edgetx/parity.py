@@ -219,16 +219,23 @@ def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: in
     """Every (or the named) variant on every available (or named) backend. A variant without a file
     in a backend's format (e.g. no .ort yet) gets a skipped report saying so, when backends were not named."""
     reports = []
+    parameters = bundle.model.get("parameters") or 0
     for backend in backends or available_backends():
-        model_format = get_backend(backend).model_format
+        plugin = get_backend(backend)
         runnable = []
         for name in variants or list(bundle.variants):
             variant = bundle.variant(name)
-            if model_format == "onnx" or model_format in (variant.formats or {}) or backends:
-                runnable.append(name)
-            else:
+            skipped = ""
+            if plugin.model_format != "onnx" and plugin.model_format not in (variant.formats or {}):
+                skipped = f"no {plugin.model_format} file (edgetx convert {bundle.path} --to {plugin.model_format})"
+            elif plugin.max_parameters and parameters > plugin.max_parameters:
+                skipped = (f"{parameters / 1e6:.0f}M parameters is beyond what {backend} runs in reasonable time "
+                           f"here ({plugin.max_parameters / 1e6:.0f}M); name it with --backend {backend} to run anyway")
+            if skipped and not backends:
                 report = ParityReport(name, backend, variant.precision, {})
-                report.skipped = f"no {model_format} file (edgetx convert {bundle.path} --to {model_format})"
+                report.skipped = skipped
                 reports.append(report)
+            else:
+                runnable.append(name)
         reports += verify(bundle, backend=backend, variants=runnable, threads=threads) if runnable else []
     return reports

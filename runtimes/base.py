@@ -52,6 +52,9 @@ class Backend(ABC):
     name: str = ""
     description: str = ""
     model_format: str = "onnx"  # which serialization of a variant it loads: "onnx", or "ort" (ORT mobile format)
+    # Models above this many parameters run impractically slowly here (e.g. under emulation): a
+    # whole-matrix run (`verify --all`) skips them and says so; naming the backend runs them anyway.
+    max_parameters: int | None = None
 
     @abstractmethod
     def availability(self) -> Availability:

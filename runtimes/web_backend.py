@@ -88,4 +88,13 @@ class WebBackend(Backend):
                              label="web (onnxruntime-web wasm)", env=worker_env(default_root()))
 
 
+class WebOrtBackend(WebBackend):
+    """onnxruntime-web loading the variant's .ort (mobile format) file."""
+
+    name = "web-ort"
+    description = f"onnxruntime-web {ORT_WEB_VERSION} (wasm) in Node.js, loading the variant's .ort file"
+    model_format = "ort"
+
+
 BACKEND = register_backend(WebBackend())
+register_backend(WebOrtBackend())

@@ -129,3 +129,11 @@ def test_unprovisioned_root_gives_an_actionable_reason(tmp_path, monkeypatch):
         assert str(tmp_path) in status.reason
     with pytest.raises(BackendError, match="web_provision"):
         get_backend("web")
+
+
+def test_ort_files_verify_on_web(web, tiny_bundle):
+    from edgetx.convert import to_ort
+
+    to_ort(Bundle.load(tiny_bundle))
+    reports = verify(Bundle.load(tiny_bundle), backend="web-ort")
+    assert len(reports) == 3 and all(r.passed for r in reports), to_markdown(reports)
