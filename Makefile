@@ -21,7 +21,7 @@ export EDGETX_ARM64_ROOT := $(ARM64_ROOT)
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast venv provision provision-arm64 train clean
+.PHONY: demo test test-fast venv provision provision-arm64 peers train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ test: $(STAMP) $(MODELS_STAMP) $(WEB_STAMP) $(ARM64_STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
+
+# edgetx side by side with PyTorch eager, Optimum and onnxruntime-genai (benchmarks/README.md). The
+# peers get their own virtualenvs under .cache/peers on first use (~8 min from nothing, ~5 GB).
+peers: $(STAMP) $(MODELS_STAMP)
+	$(BIN)/python benchmarks/peers.py $(PEERS_ARGS)
 
 # Re-train the reference checkpoint (about 25 minutes on 2 cores).
 train: $(STAMP)

@@ -43,6 +43,15 @@ def _rss_mb() -> dict[str, float]:
     return {k: int(v.split()[0]) / 1024 for k, v in fields.items()}
 
 
+def _reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux >= 4.0), so each variant's peak is its own, not the process's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _percentiles(samples_ms: list[float]) -> dict[str, float]:
     p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])
     return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "min_ms": float(min(samples_ms)),
@@ -114,6 +123,7 @@ def bench(bundle: Bundle, variants: list[str] | None = None, backend: str = "ort
     for name in variants or list(bundle.variants):
         variant = bundle.variant(name)
         for t in threads:
+            _reset_peak_rss()
             before = _rss_mb()
             started = time.perf_counter()
             session = Session(bundle, variant=name, backend=backend, threads=t, verify_hashes=False)

@@ -11,6 +11,14 @@ For a causal LM, against the golden I/O stored in the bundle:
 For an encoder: hidden states and pooled embeddings (cosine) of a padded batch of real
 sentences, and padding invariance (each sentence alone gives the batch's embedding).
 Torch-free: runs through the same `Session` that apps use.
+
+Backends that load fixed-shape files (model_format "onnx-fixed": NPUs, XNNPACK) cannot replay the
+golden I/O, whose shapes vary. For them the check is "vs ort-cpu at fixed dims": the backend runs
+the variant's fixed file and onnxruntime CPU runs the variant's dynamic file on the same inputs at
+the bundle's fixed dims (fixed_shape.fixed_feeds), judged by the variant's tolerance. A backend
+that computes float graphs at lower precision says so (`computes_float_as = "fp16"`) and its fp32
+variants are judged by that precision's tolerance. Backends whose sessions report where nodes ran
+(`placement`) have it recorded in the report.
 """
 
 from __future__ import annotations
@@ -21,12 +29,12 @@ import numpy as np
 
 from edgetx import metrics
 from edgetx.bundle import Bundle
-from edgetx.errors import BundleError
+from edgetx.errors import BackendError, BundleError
 from edgetx.runtimes.base import get_backend, list_backends
 from edgetx.runtimes.feeds import causal_feeds, empty_cache, encoder_feeds, next_cache
 from edgetx.runtimes.pooling import pool
 from edgetx.runtimes.session import Session
-from edgetx.tolerances import Tolerance, from_spread, tolerance_for
+from edgetx.tolerances import QUANTIZED, Tolerance, from_spread, tolerance_for
 
 
 @dataclass
@@ -46,6 +54,7 @@ class ParityReport:
     tolerance: dict
     checks: list[Check] = field(default_factory=list)
     skipped: str = ""  # why this variant was not run on this backend (e.g. it has no file in the backend's format)
+    placement: dict | None = None  # where its nodes ran, for backends that report it (runtimes.vendor)
 
     @property
     def passed(self) -> bool:
@@ -58,7 +67,8 @@ class ParityReport:
     def to_dict(self) -> dict:
         return {"variant": self.variant, "backend": self.backend, "precision": self.precision,
                 "passed": self.passed, "max_abs": self.max_abs, "tolerance": self.tolerance,
-                "checks": [asdict(c) for c in self.checks], "skipped": self.skipped}
+                "checks": [asdict(c) for c in self.checks], "skipped": self.skipped,
+                **({"placement": self.placement} if self.placement else {})}
 
 
 def to_markdown(reports: list[ParityReport | dict]) -> str:
@@ -69,10 +79,20 @@ def to_markdown(reports: list[ParityReport | dict]) -> str:
         for c in r["checks"]:
             diff = "-" if c["max_abs"] is None else f"{c['max_abs']:.2e}"
             tol = r["tolerance"]
-            label = f"KL<={tol['max_kld']:g}" if tol.get("max_kld") is not None else f"{tol['max_abs']:.1e}"
+            encoder = any(check["name"] == "embeddings" for check in r["checks"])
+            label = (f"{tol['max_abs']:.1e}" if tol.get("max_kld") is None else
+                     f"cos>={tol['min_cosine']:g}" if encoder else f"KL<={tol['max_kld']:g}")
             lines.append(f"| {r['variant']} | {r['backend']} | {c['name']} | {diff} | {label} "
                          f"| {c['detail']} | {'pass' if c['passed'] else 'FAIL'} |")
+        if r.get("placement"):
+            lines.append(f"| {r['variant']} | {r['backend']} | placement | - | - | {placement_text(r['placement'])} | - |")
     return "\n".join(lines) + "\n"
+
+
+def placement_text(summary: dict | None) -> str:
+    from edgetx.runtimes.vendor import placement_text as text
+
+    return text(summary)
 
 
 def golden_feeds(session: Session, golden: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -192,22 +212,102 @@ def measure_fp32_tolerance(bundle: Bundle, variant: str = "fp32") -> Tolerance:
     return from_spread("fp32", spread, list(SPREAD_CONFIGURATIONS))
 
 
+FIXED_CHECK = "vs ort-cpu at fixed dims"
+FIXED_SAMPLES = 3  # inputs per fixed-shape check (the golden text, shifted)
+
+
+def _backend_tolerance(plugin, precision: str, recorded: dict | None) -> tuple[Tolerance, str]:
+    """The variant's tolerance, or the one of the precision the backend really computes floats in."""
+    tolerance = tolerance_for(precision, recorded)
+    computes = getattr(plugin, "computes_float_as", None)
+    if computes and precision == "fp32" and computes in QUANTIZED:
+        return QUANTIZED[computes], f"; {plugin.name} computes float graphs as {computes}: judged by the {computes} tolerance"
+    return tolerance, ""
+
+
+def _fixed_samples(bundle: Bundle, reference: Session, dims: dict[str, int], count: int) -> list[dict[str, np.ndarray]]:
+    """`count` inputs of exactly `dims` from the golden text (the first as fixed_shape.fixed_feeds builds it)."""
+    from edgetx.fixed_shape import fixed_feeds
+
+    samples = [fixed_feeds(bundle, reference, dims)]
+    golden = bundle.golden()
+    batch, seq, past = dims["batch"], dims["seq"], dims.get("past", 0)
+    for shift in range(1, count):
+        if bundle.model.get("kind") == "encoder":
+            sample = dict(samples[0])
+            sample["input_ids"] = np.roll(samples[0]["input_ids"], 7 * shift, axis=1)
+        else:
+            rows = np.tile(np.roll(np.resize(golden["prefill.input_ids"][0], past + seq), 7 * shift), (batch, 1))
+            cache = empty_cache(reference.inputs, batch)
+            if past:
+                cache = next_cache(reference.run(causal_feeds(reference.inputs, rows[:, :past].astype(np.int64))), cache)
+            sample = causal_feeds(reference.inputs, rows[:, past:].astype(np.int64), cache=cache)
+        samples.append(sample)
+    return samples
+
+
+def verify_fixed_shape(bundle: Bundle, session: Session, tolerance: Tolerance, dims: dict[str, int],
+                       threads: int | None = None, note: str = "") -> list[Check]:
+    """The backend's run of the variant's fixed file vs ort-cpu running its dynamic file, on the same
+    inputs at `dims`, under the variant's tolerance (see the module docstring)."""
+    from edgetx.fixed_shape import _agrees
+
+    reference = Session(bundle, variant=session.variant.name, backend="ort-cpu", threads=threads)
+    samples = _fixed_samples(bundle, reference, dims, FIXED_SAMPLES)
+    wants = [reference.run(feeds) for feeds in samples]
+    gots = [session.run(feeds) for feeds in samples]
+    want = {k: np.concatenate([w[k] for w in wants]) for k in wants[0]}
+    got = {k: np.concatenate([g[k] for g in gots]) for k in wants[0]}
+    finite = all(np.isfinite(v).all() for v in got.values())
+    diff = max(metrics.max_abs(want[k], got[k]) for k in want) if finite else float("inf")
+    ok, detail = _agrees(bundle.model.get("kind"), tolerance, want, got, diff) if finite else \
+        (False, "the backend returned NaN or inf")
+    shape = ",".join(f"{k}={v}" for k, v in dims.items())
+    return [Check(FIXED_CHECK, bool(ok), diff, f"{shape}, {len(samples)} inputs: {detail}{note}")]
+
+
 def verify(bundle: Bundle, backend: str = "ort-cpu", variants: list[str] | None = None,
            threads: int | None = None) -> list[ParityReport]:
-    """Check every (or the named) variant of `bundle` on `backend` against its golden I/O."""
+    """Check every (or the named) variant of `bundle` on `backend` against its golden I/O (or, for a
+    backend that loads fixed-shape files, against ort-cpu at the bundle's fixed dims)."""
+    from edgetx.fixed_shape import FIXED_FORMAT
+
     kind = bundle.model.get("kind")
     if kind not in _CHECKS:
         raise BundleError(f"{bundle.path}: parity for model kind {kind!r} is not implemented")
+    plugin = get_backend(backend)
     golden = bundle.golden()
     reports = []
     for name in variants or list(bundle.variants):
         variant = bundle.variant(name)
-        tolerance = tolerance_for(variant.precision, bundle.manifest["variants"][name].get("tolerance"))
+        entry = bundle.manifest["variants"][name]
+        tolerance, note = _backend_tolerance(plugin, variant.precision, entry.get("tolerance"))
         session = Session(bundle, variant=name, backend=backend, threads=threads)
         report = ParityReport(name, backend, variant.precision, tolerance.to_dict())
-        report.checks = _CHECKS[kind](session, golden, tolerance)
+        if plugin.model_format == FIXED_FORMAT:
+            dims = (entry.get("fixed_shape") or {}).get("dims")
+            if not dims:
+                raise BundleError(f"variant {name!r} has a fixed-shape file but no recorded dims (fixed_shape.dims)")
+            report.checks = verify_fixed_shape(bundle, session, tolerance, dims, threads, note)
+        else:
+            report.checks = _CHECKS[kind](session, golden, tolerance)
+        report.placement = _placement(plugin, session)
         reports.append(report)
     return reports
+
+
+def _placement(plugin, session: Session) -> dict | None:
+    """Node placement of a session whose backend reports it (see edgetx.runtimes.vendor), else None."""
+    raw = getattr(getattr(session, "_session", None), "placement", None)
+    provider = getattr(plugin, "provider", None)
+    if not raw or not provider or not getattr(plugin, "reports_placement", False):
+        return None
+    from edgetx.runtimes.vendor import summarize_placement
+
+    summary = summarize_placement(raw, provider)
+    summary.pop("by_op", None)  # the per-op detail is `edgetx preflight`'s; the matrix keeps the counts
+    summary["messages"] = summary["messages"][:20]
+    return summary
 
 
 def available_backends() -> list[str]:
@@ -227,7 +327,8 @@ def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: in
             variant = bundle.variant(name)
             skipped = ""
             if plugin.model_format != "onnx" and plugin.model_format not in (variant.formats or {}):
-                skipped = f"no {plugin.model_format} file (edgetx convert {bundle.path} --to {plugin.model_format})"
+                how = "fixed --shape ..." if plugin.model_format == "onnx-fixed" else plugin.model_format
+                skipped = f"no {plugin.model_format} file (edgetx convert {bundle.path} --to {how})"
             elif plugin.max_parameters and parameters > plugin.max_parameters:
                 skipped = (f"{parameters / 1e6:.0f}M parameters is beyond what {backend} runs in reasonable time "
                            f"here ({plugin.max_parameters / 1e6:.0f}M); name it with --backend {backend} to run anyway")
@@ -237,5 +338,15 @@ def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: in
                 reports.append(report)
             else:
                 runnable.append(name)
-        reports += verify(bundle, backend=backend, variants=runnable, threads=threads) if runnable else []
+        for name in runnable:
+            try:
+                reports += verify(bundle, backend=backend, variants=[name], threads=threads)
+            except BackendError as e:  # a vendor stack that cannot load or run this variant: a failed row, not a crash
+                variant = bundle.variant(name)
+                tolerance = tolerance_for(variant.precision, bundle.manifest["variants"][name].get("tolerance"))
+                report = ParityReport(name, backend, variant.precision, tolerance.to_dict())
+                text = " ".join(str(e).split())
+                text = text if len(text) <= 500 else f"{text[:180]} ... {text[-300:]}"  # the cause is often last
+                report.checks = [Check("load and run", False, None, text)]
+                reports.append(report)
     return reports

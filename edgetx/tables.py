@@ -28,8 +28,11 @@ def print_candidates(selection: dict) -> None:
     console.print(table)
 
 
-def tolerance_label(tolerance: dict) -> str:
-    return f"KL<={tolerance['max_kld']:g}" if tolerance.get("max_kld") is not None else f"{tolerance['max_abs']:.0e}"
+def tolerance_label(tolerance: dict, encoder: bool = False) -> str:
+    """The bound a check is held to: max |diff| for fp32; KL (decoders) or cosine (encoders) when quantized."""
+    if tolerance.get("max_kld") is None:
+        return f"{tolerance['max_abs']:.0e}"
+    return f"cos>={tolerance['min_cosine']:g}" if encoder else f"KL<={tolerance['max_kld']:g}"
 
 
 def print_quantization(manifest: dict) -> None:
@@ -67,7 +70,8 @@ def print_parity(reports: list[dict]) -> None:
     for r in reports:
         for c in r["checks"]:
             diff = "-" if c["max_abs"] is None else f"{c['max_abs']:.2e}"
-            table.add_row(r["variant"], r["backend"], c["name"], diff, tolerance_label(r["tolerance"]),
+            encoder = any(check["name"] == "embeddings" for check in r["checks"])
+            table.add_row(r["variant"], r["backend"], c["name"], diff, tolerance_label(r["tolerance"], encoder),
                           c["detail"], "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]")
     console.print(table)
 
@@ -98,7 +102,11 @@ def _matrix_cell(report: dict | None) -> str:
         return "[dim]skipped[/]"
     cell = ("[green]pass[/]" if report["passed"] else "[red]FAIL[/]") + f" {report['max_abs']:.1e}"
     greedy = next((c["tokens"] for c in report["checks"] if c.get("tokens")), None)
-    return cell + (f" greedy {greedy[0]}/{greedy[1]}" if greedy else "")
+    fixed = next((c for c in report["checks"] if c["name"] == "vs ort-cpu at fixed dims"), None)
+    placement = report.get("placement")
+    return (cell + (f" greedy {greedy[0]}/{greedy[1]}" if greedy else "") + (" vs ort-cpu at fixed dims" if fixed else "")
+            + (f"\n{placement['on_backend']}/{placement['nodes']} nodes on "
+               f"{placement['provider'].removesuffix('ExecutionProvider')}, {placement['partitions']} part." if placement else ""))
 
 
 def print_onnx(name: str, info: dict) -> None:

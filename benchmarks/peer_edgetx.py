@@ -1,0 +1,67 @@
+"""Worker for edgetx's own side: every variant of a bundle through the torch-free runtime API
+(`edgetx.runtimes.Session`), with the same timing protocol as the peers (benchmarks/_common.py).
+
+    .venv/bin/python benchmarks/peer_edgetx.py SPEC.json      (spec written by benchmarks/peers.py)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime
+
+import edgetx
+from _common import bench_decoder, bench_encoder, dir_mb, load_spec, run_variants
+from edgetx.runtimes import Session
+from edgetx.runtimes.feeds import causal_feeds, empty_cache, next_cache
+
+
+class EdgetxDecoder:
+    """Greedy batch-1 decoding: one graph for prefill and decode, the presents fed back as the past."""
+
+    def __init__(self, session: Session):
+        self.session, self.cache = session, {}
+
+    def _step(self, ids: np.ndarray, cache: dict | None) -> int:
+        out = self.session.run(causal_feeds(self.session.inputs, ids, cache=cache))
+        self.cache = next_cache(out, cache if cache is not None else empty_cache(self.session.inputs, 1))
+        return int(out["logits"][0, -1].argmax())
+
+    def first(self, prompt: np.ndarray) -> int:
+        return self._step(prompt[None], None)
+
+    def next(self, token: int) -> int:
+        return self._step(np.array([[token]], dtype=np.int64), self.cache)
+
+    def teacher_logits(self, ids: np.ndarray) -> np.ndarray:
+        return self.session.run(causal_feeds(self.session.inputs, ids[None]), ["logits"])["logits"][0]
+
+
+def variant_job(spec: dict, data: dict, variant: str):
+    def job() -> tuple[dict, dict]:
+        session = Session(spec["bundle"], variant=variant, threads=spec["threads"], verify_hashes=False)
+        size = dir_mb(session.model_path.parent)
+        if spec["task"] == "minilm":
+            names = [s["name"] for s in session.inputs]
+
+            def run(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+                feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+                return session.run({n: feeds[n] for n in names}, ["last_hidden_state"])["last_hidden_state"]
+
+            timings, embeddings = bench_encoder(run, data, spec["warmup"], spec["repeats"])
+            return {"size_mb": size, **timings}, {"embeddings": embeddings}
+        side = EdgetxDecoder(session)
+        timed = bench_decoder(side, data["prompt"], spec["new_tokens"], spec["warmup"], spec["repeats"])
+        return {"size_mb": size, **timed}, {"logits": side.teacher_logits(data["eval"]),
+                                            "tokens": np.array(timed["tokens"])}
+    return job
+
+
+def main() -> None:
+    spec = load_spec()
+    data = dict(np.load(spec["inputs"]))
+    versions = {"edgetx": getattr(edgetx, "__version__", "?"), "onnxruntime": onnxruntime.__version__}
+    run_variants(spec, "edgetx", versions, [(v, variant_job(spec, data, v)) for v in spec["variants"]])
+
+
+if __name__ == "__main__":
+    main()
