@@ -18,10 +18,19 @@ export EDGETX_WEB_ROOT := $(WEB_ROOT)
 ARM64_ROOT  := $(CURDIR)/.cache/arm64
 ARM64_STAMP := $(ARM64_ROOT)/env/provisioned.json
 export EDGETX_ARM64_ROOT := $(ARM64_ROOT)
+# Vendor stacks (issue 11): optional; `make provision` installs them, and their tests skip with the
+# reason when a stack is missing (they do not block `make test`).
+QNN_ROOT := $(CURDIR)/.cache/qnn
+export EDGETX_QNN_ROOT := $(QNN_ROOT)
+OPENVINO_ROOT := $(CURDIR)/.cache/openvino
+export EDGETX_OPENVINO_ROOT := $(OPENVINO_ROOT)
+XNNPACK_ROOT := $(CURDIR)/.cache/xnnpack
+export EDGETX_XNNPACK_ROOT := $(XNNPACK_ROOT)
+VENDOR_STAMPS := $(QNN_ROOT)/env/provisioned.json $(OPENVINO_ROOT)/env/provisioned.json $(XNNPACK_ROOT)/env/provisioned.json
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast venv provision provision-arm64 peers train clean
+.PHONY: demo test test-fast venv provision provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,7 +55,20 @@ $(ARM64_STAMP): $(STAMP)
 
 provision-arm64: $(ARM64_STAMP)
 
-provision: $(WEB_STAMP) $(ARM64_STAMP)
+# QNN HTP simulator (onnxruntime-qnn plugin EP), OpenVINO EP (its own venv), XNNPACK (Debian's build).
+$(QNN_ROOT)/env/provisioned.json: $(STAMP)
+	$(BIN)/python -m edgetx.runtimes.qnn_provision --root $(QNN_ROOT)
+$(OPENVINO_ROOT)/env/provisioned.json: $(STAMP)
+	$(BIN)/python -m edgetx.runtimes.openvino_provision --root $(OPENVINO_ROOT)
+$(XNNPACK_ROOT)/env/provisioned.json: $(STAMP)
+	$(BIN)/python -m edgetx.runtimes.xnnpack_provision --root $(XNNPACK_ROOT)
+
+provision-qnn: $(QNN_ROOT)/env/provisioned.json
+provision-openvino: $(OPENVINO_ROOT)/env/provisioned.json
+provision-xnnpack: $(XNNPACK_ROOT)/env/provisioned.json
+provision-vendors: $(VENDOR_STAMPS)
+
+provision: $(WEB_STAMP) $(ARM64_STAMP) $(VENDOR_STAMPS)
 
 # Build the reference model's bundle (export, golden I/O, parity) and generate from it.
 demo: $(BUNDLE)/manifest.json

@@ -268,7 +268,7 @@ def embed(bundle: Path, texts: tuple[str, ...], text_file, npy: Path | None, var
                                for t, v in zip(items, vectors)]))
 
 
-from edgetx import cli_tools  # noqa: E402,F401  (registers inspect, optimize, quantize, bench, backends)
+from edgetx import cli_preflight, cli_tools  # noqa: E402,F401  (register the file/bundle tools and preflight)
 
 if __name__ == "__main__":  # `python -m edgetx.cli`: run the group the tools registered on
     from edgetx.cli import main as registered_main

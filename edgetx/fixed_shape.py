@@ -51,8 +51,9 @@ def parse_dims(text: str, io: dict) -> dict[str, int]:
     return dims
 
 
-def fix_model(source: Path, target: Path, dims: dict[str, int], io: dict) -> None:
-    """Write `source` with every symbolic dim (and sum of them) replaced by its value."""
+def fix_model(source: Path, target: Path, dims: dict[str, int], io: dict, transform=None) -> None:
+    """Write `source` with every symbolic dim (and sum of them) replaced by its value (and, if given,
+    `transform(model)` applied in place: e.g. edgetx.remedies.finite_masks)."""
     import onnx
     from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
 
@@ -64,6 +65,8 @@ def fix_model(source: Path, target: Path, dims: dict[str, int], io: dict) -> Non
             raise EdgetxError(f"cannot give {param!r} a value from {dims}")
         make_dim_param_fixed(model.graph, param, value)
     fix_output_shapes(model)
+    if transform is not None:
+        transform(model)
     onnx.save(model, str(target))
 
 
@@ -86,9 +89,11 @@ def fixed_feeds(bundle: Bundle, dynamic: Session, dims: dict[str, int]) -> dict[
     return causal_feeds(dynamic.inputs, rows[:, past:], cache=cache)
 
 
-def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None = None) -> dict[str, dict]:
+def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None = None, transform=None,
+              transform_name: str = "") -> dict[str, dict]:
     """Write `VARIANT/model.fixed.onnx` for each (or the named) variant, check it against the dynamic
-    variant on ort-cpu, and record it (format "onnx-fixed" and its dims) in the manifest."""
+    variant on ort-cpu, and record it (format "onnx-fixed" and its dims) in the manifest. `transform`
+    (named `transform_name` in the manifest) is applied to each fixed copy before the check."""
     from edgetx.runtimes.base import SessionOptions, get_backend
     from edgetx.tolerances import tolerance_for
 
@@ -98,7 +103,7 @@ def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None =
             variant = bundle.variant(name)
             staged = Path(tmp) / name / "model.fixed.onnx"
             staged.parent.mkdir(parents=True)
-            fix_model(bundle.file(variant.file), staged, dims, bundle.io)
+            fix_model(bundle.file(variant.file), staged, dims, bundle.io, transform)
             dynamic = Session(bundle, variant=name, verify_hashes=False)
             feeds = fixed_feeds(bundle, dynamic, dims)
             want = dynamic.run(feeds)
@@ -119,7 +124,7 @@ def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None =
                 entry = manifest["variants"][name]
                 entry.setdefault("formats", {})[FIXED_FORMAT] = result["file"]
                 entry["fixed_shape"] = {"dims": dims, "max_abs_vs_dynamic": result["max_abs_vs_dynamic"],
-                                        "check": result["check"]}
+                                        "check": result["check"], **({"transform": transform_name} if transform_name else {})}
 
         bundle.add_files(new_files, record)
     return results

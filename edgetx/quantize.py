@@ -5,7 +5,13 @@ All of them are onnxruntime.quantization underneath:
 - `int8-static-{minmax,entropy,percentile}`: static QDQ int8 calibrated on the bundle's real text;
 - `int4`, `int4-sym`, `int4-hqq`, `int8-weight-only`: weight-only MatMulNBits (block size, symmetry,
   RTN or HQQ; accuracy_level is a parameter, never a silent default);
-- `fp16`: float16 weights and activations, float32 inputs and outputs.
+- `fp16`: float16 weights and activations, float32 inputs and outputs;
+- `qdq-a8w8`, `qdq-a16w8`: static QDQ for NPUs (Qualcomm's HTP through the QNN EP), made with
+  onnxruntime.quantization's QNN configuration (qnn_preprocess_model, then get_qnn_qdq_config:
+  every op quantized, uint8 or uint16 activations, uint8 weights per tensor, MinMax calibration on
+  the bundle's real text). Masks holding -inf or -3.4e38 are made finite (-1e4) first: calibrating
+  them gives infinite scales (edgetx.remedies.finite_masks). Build them from an unfused graph
+  (`edgetx build --no-optimize`): onnxruntime's CPU fusions (contrib ops) are not NPU ops.
 
 Int8 portability: weights are quantized as unsigned int8 (QUInt8). onnxruntime's u8s8 kernels
 saturate differently on AVX2-only CPUs than on VNNI/AMX ones (up to 0.5 in logits measured
@@ -52,7 +58,12 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in [
                                                "accuracy_level": 0}),
     Scheme("int4-hqq", "int4", "weight-only", {"bits": 4, "block_size": 32, "algorithm": "hqq", "accuracy_level": 0}),
     Scheme("fp16", "fp16", "fp16", {}),
+    Scheme("qdq-a8w8", "int8", "qdq", {"activation": "QUInt8", "weight": "QUInt8", "calibration": "MinMax",
+                                       "per_channel": False, "target": "qnn"}),
+    Scheme("qdq-a16w8", "int8", "qdq", {"activation": "QUInt16", "weight": "QUInt8", "calibration": "MinMax",
+                                        "per_channel": False, "target": "qnn"}),
 ]}
+CALIBRATED_METHODS = ("static", "qdq")  # schemes that need calibration data
 # Decoders: int8 weight-only. Dynamic int8 quantizes activations per tensor, and decoder hidden
 # states carry outlier channels: on SmolLM2-135M it gave mean KL 0.51 / top-1 58.6% vs fp32, while
 # int8 weight-only gave KL 0.0013 / top-1 97.7%. Encoders: dynamic int8 (per-channel) passes.
@@ -138,6 +149,8 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
                             calibrate_method=getattr(CalibrationMethod, s.options["calibration"]),
                             extra_options={**float_default, "CalibMovingAverage": False})
+    elif s.method == "qdq":
+        _apply_qdq(s, src, dst, exclude, calibration, inputs or [])
     elif s.method == "weight-only":
         from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
@@ -162,10 +175,37 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
         raise EdgetxError(f"scheme {s.name}: unknown method {s.method!r}")
 
 
+def _apply_qdq(s: Scheme, src: str, dst: str, exclude: list[str], calibration, inputs: list[dict]) -> None:
+    """QNN-oriented static QDQ: finite masks, qnn_preprocess_model, get_qnn_qdq_config, quantize."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+
+    from edgetx.remedies import finite_masks
+
+    check_calibration(calibration, inputs)
+    o = s.options
+    with tempfile.TemporaryDirectory(prefix="edgetx-qdq-") as tmp:
+        model = onnx.load(src)
+        finite_masks(model)
+        finite = Path(tmp) / "finite.onnx"
+        onnx.save(model, str(finite))
+        prepared = Path(tmp) / "prepared.onnx"
+        if not qnn_preprocess_model(str(finite), str(prepared), fuse_layernorm=True) or not prepared.is_file():
+            prepared = finite  # nothing to fuse: it writes no file
+        with contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
+            config = get_qnn_qdq_config(str(prepared), _Reader(calibration),
+                                        calibrate_method=getattr(CalibrationMethod, o["calibration"]),
+                                        activation_type=getattr(QuantType, o["activation"]),
+                                        weight_type=getattr(QuantType, o["weight"]), per_channel=o["per_channel"],
+                                        nodes_to_exclude=exclude or None)
+            quantize(str(prepared), dst, config)
+
+
 def quantize_file(name: str, src: str | Path, dst: str | Path, exclude: list[str] | None = None) -> dict:
     """`edgetx quantize`: one file, one scheme; written atomically. Returns sizes."""
     s = scheme(name)
-    if s.method == "static":
+    if s.method in CALIBRATED_METHODS:
         raise InputError(f"{name} needs calibration data; use it through `edgetx build` (the bundle keeps real "
                          "calibration text) or the Python API `edgetx.quantize.apply(..., calibration=...)`")
     src, dst = Path(src), Path(dst)

@@ -32,7 +32,7 @@ class WorkerSession(BackendSession):
     """A model loaded in a worker process started with `argv` (and `env`)."""
 
     def __init__(self, argv: list[str], model_path: Path, options: SessionOptions, label: str,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, load_fields: dict | None = None):
         self.label = label
         self._model_path = Path(model_path)
         self._stderr = tempfile.TemporaryFile()
@@ -42,10 +42,14 @@ class WorkerSession(BackendSession):
         except OSError as e:
             raise BackendError(f"{label}: could not start its worker ({argv[0]}): {e}") from e
         self._finalizer = weakref.finalize(self, _stop, self._process)
+        # load_fields: optional worker fields (ort_worker.py: "providers", "plugin_ep", "placement").
         reply, _ = self._request({"op": "load", "model": str(self._model_path.resolve()), "threads": options.threads,
-                                  "graph_optimization": options.graph_optimization, "extra": options.extra})
+                                  "graph_optimization": options.graph_optimization, "extra": options.extra,
+                                  **(load_fields or {})})
         self._outputs: list[str] = reply["outputs"]
         self.runtime: str = reply.get("runtime", "")
+        self.providers: list[str] = reply.get("providers", [])
+        self.placement: dict | None = reply.get("placement")  # where each node runs, when asked for
 
     def _request(self, header: dict, arrays: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
         try:

@@ -90,5 +90,5 @@ def test_not_an_array(guarded):
 
 
 def test_unknown_backend(tiny_bundle_master):
-    with pytest.raises(BackendError, match="unknown backend 'tpu'; known backends: ort-cpu"):
+    with pytest.raises(BackendError, match="unknown backend 'tpu'; known backends: .*ort-cpu"):
         Session(tiny_bundle_master, backend="tpu")
