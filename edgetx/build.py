@@ -95,7 +95,7 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
     from edgetx.optimize import time_session
     from edgetx.parity import verify
     from edgetx.runtimes.session import Session
-    from edgetx.quantize import scheme
+    from edgetx.quantize import NotApplicable, scheme
     from edgetx.tolerances import QUANTIZED
 
     data = source.quant_data()
@@ -105,8 +105,12 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
         s = scheme(name)
         gate = QUANTIZED[s.precision]
         with stage(f"quantize {name} and check its gate ({gate.method.removeprefix('gate: ')})"):
-            result = quantize_gated(s, writer.path("fp32/model.onnx"), writer.path(f"{name}/model.onnx"), source.kind,
-                                    manifest["io"]["inputs"], data, manifest["model"].get("pooling"))
+            try:
+                result = quantize_gated(s, writer.path("fp32/model.onnx"), writer.path(f"{name}/model.onnx"),
+                                        source.kind, manifest["io"]["inputs"], data, manifest["model"].get("pooling"))
+            except NotApplicable as e:
+                record["results"][name] = {"scheme": s.to_dict(), "not_applicable": str(e)}
+                continue
         record["results"][name] = result.to_dict()
         if not result.passed:
             continue

@@ -5,6 +5,8 @@ All of them are onnxruntime.quantization underneath:
 - `int8-static-{minmax,entropy,percentile}`: static QDQ int8 calibrated on the bundle's real text;
 - `int4`, `int4-sym`, `int4-hqq`, `int8-weight-only`: weight-only MatMulNBits (block size, symmetry,
   RTN or HQQ; accuracy_level is a parameter, never a silent default);
+- `int4-grid`: exact int4 for weights already on a 4-bit block grid (de-quantized GGUF Q4_0/Q4_1),
+  see edgetx.grid_int4; not applicable to float-trained weights;
 - `fp16`: float16 weights and activations, float32 inputs and outputs;
 - `qdq-a8w8`, `qdq-a16w8`: static QDQ for NPUs (Qualcomm's HTP through the QNN EP), made with
   onnxruntime.quantization's QNN configuration (qnn_preprocess_model, then get_qnn_qdq_config:
@@ -57,6 +59,7 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in [
     Scheme("int4-sym", "int4", "weight-only", {"bits": 4, "block_size": 32, "symmetric": True, "algorithm": "rtn",
                                                "accuracy_level": 0}),
     Scheme("int4-hqq", "int4", "weight-only", {"bits": 4, "block_size": 32, "algorithm": "hqq", "accuracy_level": 0}),
+    Scheme("int4-grid", "int4", "grid", {"bits": 4, "block_size": 32, "symmetric": True, "accuracy_level": 0}),
     Scheme("fp16", "fp16", "fp16", {}),
     Scheme("qdq-a8w8", "int8", "qdq", {"activation": "QUInt8", "weight": "QUInt8", "calibration": "MinMax",
                                        "per_channel": False, "target": "qnn"}),
@@ -67,7 +70,12 @@ CALIBRATED_METHODS = ("static", "qdq")  # schemes that need calibration data
 # Decoders: int8 weight-only. Dynamic int8 quantizes activations per tensor, and decoder hidden
 # states carry outlier channels: on SmolLM2-135M it gave mean KL 0.51 / top-1 58.6% vs fp32, while
 # int8 weight-only gave KL 0.0013 / top-1 97.7%. Encoders: dynamic int8 (per-channel) passes.
-DEFAULT_SCHEMES = {"causal-lm": ("int8-weight-only", "int4"), "encoder": ("int8", "int4")}
+# int4-grid applies only to weights de-quantized from a 4-bit GGUF; elsewhere it is recorded as not applicable.
+DEFAULT_SCHEMES = {"causal-lm": ("int8-weight-only", "int4", "int4-grid"), "encoder": ("int8", "int4")}
+
+
+class NotApplicable(EdgetxError):
+    """The scheme has nothing to do on this model (e.g. int4-grid on float-trained weights)."""
 
 
 def scheme(name: str) -> Scheme:
@@ -151,6 +159,13 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
                             extra_options={**float_default, "CalibMovingAverage": False})
     elif s.method == "qdq":
         _apply_qdq(s, src, dst, exclude, calibration, inputs or [])
+    elif s.method == "grid":
+        from edgetx.grid_int4 import apply_grid
+
+        try:
+            apply_grid(src, dst, exclude)
+        except EdgetxError as e:
+            raise NotApplicable(str(e)) from None
     elif s.method == "weight-only":
         from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 

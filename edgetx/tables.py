@@ -45,6 +45,9 @@ def print_quantization(manifest: dict) -> None:
     for col in ("scheme", "written", "MB", "vs fp32", "gate metrics", "kept in fp32", "ms", "missed by"):
         table.add_column(col)
     for name, r in results.items():
+        if "not_applicable" in r:
+            table.add_row(name, "[dim]n/a[/]", "-", "-", "-", "-", "-", r["not_applicable"])
+            continue
         gate = r["gate"]
         if "kld_mean" in gate:
             shown = (f"KL {gate['kld_mean']:.4f}, top-1 {gate['top1']:.3f}, bits/token {gate['bits_per_token']:.4f} "

@@ -141,11 +141,15 @@ def test_smollm2_cli_generate_prints_pytorch_text(smollm2):
 
 
 def test_smollm2_quantized_variants_are_gated(smollm2):
-    """int8 weight-only passes its gate; whatever int4 does, the manifest says what was measured
-    and kept, and a variant is in the bundle only if its gate passed."""
+    """int8 weight-only passes its gate; int4-grid reproduces the GGUF's Q4_1 weights exactly (only
+    the lm_head, off the grid, stays fp32); whatever RTN int4 does, the manifest says what was
+    measured and kept, and a variant is in the bundle only if its gate passed."""
     bundle, _, _ = smollm2
     results = bundle.manifest["quantization"]["results"]
     assert results["int8-weight-only"]["gate_passed"] and "int8-weight-only" in bundle.variants
+    grid = results["int4-grid"]
+    assert grid["gate_passed"] and grid["gate"]["kld_mean"] < 1e-6 and grid["gate"]["top1"] == 1.0
+    assert "int4-grid" in bundle.variants
     for name, r in results.items():
         assert (name in bundle.variants) == (r["gate_passed"] and not r.get("rejected_by_parity"))
         assert r["mixed_precision_search"] and {"kld_mean", "top1"} <= set(r["gate"])
