@@ -126,11 +126,11 @@ def plot(points: list[Point], axes: Axes, title: str, path: Path) -> None:
         raise EdgetxError("edgetx report draws with matplotlib: pip install 'edgetx[report]'") from None
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     biggest = max(p.size_mb for p in points)
-    for p in points:
+    for i, p in enumerate(sorted(points, key=lambda p: p.latency_ms)):
         ax.scatter(p.latency_ms, p.accuracy, s=80 + 1400 * p.size_mb / biggest, alpha=0.55,
                    color="tab:blue" if p.pareto else "tab:gray", edgecolors="black", linewidths=0.8, zorder=3)
         ax.annotate(f"{p.variant}\n{p.size_mb:.1f} MB", (p.latency_ms, p.accuracy), textcoords="offset points",
-                    xytext=(12, 8), fontsize=9)
+                    xytext=(14, 10) if i % 2 == 0 else (14, -30), fontsize=9)  # neighbours alternate above/below
     front = sorted((p for p in points if p.pareto), key=lambda p: p.latency_ms)
     if len(front) > 1:
         ax.plot([p.latency_ms for p in front], [p.accuracy for p in front], "--", color="tab:blue",
@@ -206,7 +206,7 @@ def write_report(bundle: Bundle, out_dir: Path | None = None, backend: str = "or
     out_dir = Path(out_dir or bundle.path)
     out_dir.mkdir(parents=True, exist_ok=True)
     image, text = out_dir / "pareto.png", out_dir / "report.md"
-    title = f"{bundle.model.get('name', bundle.path.name)} on {backend}, threads={setting}"
+    title = f"{bundle.path.name} ({bundle.model.get('name', '?')}) on {backend}, threads={setting}"
     stored = [r for r in (bundle.manifest.get("bench") or {}).values()
               if r.get("backend") == backend and str(r["threads"]) == setting and "memory_bound" in r]
     partial_image, partial_text = image.with_suffix(".png.partial"), text.with_suffix(".md.partial")
