@@ -150,6 +150,11 @@ def verify(bundle: Path, variants: tuple[str, ...], backends: tuple[str, ...], a
     with console.status("verifying ..."):
         reports = verify_matrix(loaded, backends=chosen, threads=threads, variants=list(variants) or None)
     reports = [r.to_dict() for r in reports]
+    for backend in chosen or []:  # a backend the user named that ran nothing is an error, not a quiet skip
+        rows = [r for r in reports if r["backend"] == backend]
+        if rows and all(r["skipped"] for r in rows):
+            raise EdgetxError(f"nothing ran on {backend}: " + "; ".join(sorted({f"variant {r['variant']!r} has "
+                                                                               + r["skipped"] for r in rows})))
     if as_json:
         click.echo(to_json(reports))
     elif markdown:

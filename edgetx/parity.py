@@ -317,7 +317,8 @@ def available_backends() -> list[str]:
 def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: int | None = None,
                   variants: list[str] | None = None) -> list[ParityReport]:
     """Every (or the named) variant on every available (or named) backend. A variant without a file
-    in a backend's format (e.g. no .ort yet) gets a skipped report saying so, when backends were not named."""
+    in a backend's format (e.g. no .ort yet) gets a skipped report saying so; so does a model too large
+    for a backend, unless the backend was named."""
     reports = []
     parameters = bundle.model.get("parameters") or 0
     for backend in backends or available_backends():
@@ -329,10 +330,10 @@ def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: in
             if plugin.model_format != "onnx" and plugin.model_format not in (variant.formats or {}):
                 how = "fixed --shape ..." if plugin.model_format == "onnx-fixed" else plugin.model_format
                 skipped = f"no {plugin.model_format} file (edgetx convert {bundle.path} --to {how})"
-            elif plugin.max_parameters and parameters > plugin.max_parameters:
+            elif plugin.max_parameters and parameters > plugin.max_parameters and not backends:
                 skipped = (f"{parameters / 1e6:.0f}M parameters is beyond what {backend} runs in reasonable time "
                            f"here ({plugin.max_parameters / 1e6:.0f}M); name it with --backend {backend} to run anyway")
-            if skipped and not backends:
+            if skipped:
                 report = ParityReport(name, backend, variant.precision, {})
                 report.skipped = skipped
                 reports.append(report)

@@ -42,7 +42,7 @@ def test_convert_adds_verified_ort_files(tiny_bundle):
 
 def test_ort_format_needs_the_files(tiny_bundle):
     result = CliRunner().invoke(main, ["verify", str(tiny_bundle), "--backend", "ort-format"])
-    assert result.exit_code == 1 and "has no 'ort' file" in result.stderr and "edgetx convert" in result.stderr
+    assert result.exit_code == 1 and "has no ort file" in result.stderr and "edgetx convert" in result.stderr
     result = CliRunner().invoke(main, ["verify", str(tiny_bundle), "--all"])
     assert result.exit_code == 0, result.output  # skipped cells are not failures
     assert "skipped" in result.stderr and "--to ort" in result.stderr
