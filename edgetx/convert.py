@@ -72,7 +72,7 @@ def _name_sources(config: Path, out: Path, files: dict[str, str]) -> None:
     """Replace the temporary paths in the config's header comment with the variants' bundle paths."""
     text = config.read_text()
     for name, rel in files.items():
-        text = text.replace(str(out / name / "model.ort"), str(Path(rel).with_suffix(".ort").as_posix()))
+        text = text.replace(str((out / name / "model.ort").resolve()), str(Path(rel).with_suffix(".ort").as_posix()))
     config.write_text(text)
 
 

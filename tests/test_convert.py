@@ -21,6 +21,7 @@ def test_convert_adds_verified_ort_files(tiny_bundle):
         assert bundle.file(variant.formats["ort"]).read_bytes()[4:8] == b"ORTM"  # flatbuffer identifier
     config = bundle.file(bundle.manifest["mobile"]["required_operators"]).read_text()
     assert "ai.onnx;" in config and "MatMul" in config and ".partial" not in config and "/tmp" not in config
+    assert "# - fp32/model.ort" in config  # the header names the bundle's own files
     usability = bundle.manifest["mobile"]["usability"]
     assert set(usability) == set(bundle.variants)
     nnapi = usability["fp32"]["eps"]["NNAPI"]
