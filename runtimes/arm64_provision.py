@@ -30,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgetx.errors import BackendError
+from edgetx.runtimes.vendor_provision import run
 
 DEFAULT_ROOT = Path("~/.cache/edgetx/arm64")
 STAMP = "provisioned.json"
@@ -51,15 +52,6 @@ def default_root() -> Path:
 def step(message: str) -> None:
     """One progress line with the time since the start."""
     print(f"[arm64 {time.monotonic() - _START:5.1f}s] {message}", flush=True)
-
-
-def run(argv: list[str], what: str, **kwargs) -> str:
-    """Run a command; on failure raise with its last lines of output and what it was for."""
-    result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
-    if result.returncode:
-        tail = "\n  ".join((result.stderr.strip() or result.stdout.strip()).splitlines()[-8:])
-        raise BackendError(f"{what} failed ({' '.join(argv[:3])} ... exit {result.returncode}):\n  {tail}")
-    return result.stdout
 
 
 def host_mirror() -> str:

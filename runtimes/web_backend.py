@@ -19,8 +19,8 @@ from pathlib import Path
 from edgetx.errors import BackendError
 from edgetx.runtimes.base import Availability, Backend, SessionOptions, register_backend
 from edgetx.runtimes.remote import WorkerSession
-from edgetx.runtimes.web_provision import ORT_WEB_VERSION, default_root, installed_version, is_provisioned
 
+ORT_WEB_VERSION = "1.30.0"  # the onnxruntime-web the JS runtime is tested with (web_provision installs it)
 WEB_DIR = Path(__file__).resolve().parent / "web"
 WORKER = WEB_DIR / "worker.mjs"
 GENERATE = WEB_DIR / "generate.mjs"
@@ -50,6 +50,12 @@ def worker_env(root: Path) -> dict[str, str]:
     return {**os.environ, "EDGETX_WEB_ROOT": str(Path(root).expanduser().absolute())}
 
 
+def _root() -> Path:
+    from edgetx.runtimes.web_provision import default_root
+
+    return default_root()
+
+
 class WebBackend(Backend):
     name = "web"
     description = f"onnxruntime-web {ORT_WEB_VERSION} (wasm) in Node.js, the runtime browsers use"
@@ -69,6 +75,8 @@ class WebBackend(Backend):
         if not WORKER.is_file():
             return Availability(False, f"{WORKER} is missing: this edgetx install lacks its web runtime files; "
                                        "reinstall edgetx")
+        from edgetx.runtimes.web_provision import default_root, installed_version, is_provisioned  # not at import:
+        # `python -m edgetx.runtimes.web_provision` must not find itself imported already
         root = default_root()
         if not is_provisioned(root):
             found = installed_version(root)
@@ -85,7 +93,7 @@ class WebBackend(Backend):
         if not status.available:
             raise BackendError(f"backend 'web' is not available here: {status.reason}")
         return WorkerSession([node_executable(), str(WORKER)], Path(model_path), options,
-                             label="web (onnxruntime-web wasm)", env=worker_env(default_root()))
+                             label="web (onnxruntime-web wasm)", env=worker_env(_root()))
 
 
 class WebOrtBackend(WebBackend):

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-ORT_WEB_VERSION = "1.30.0"
+from edgetx.runtimes.web_backend import ORT_WEB_VERSION  # noqa: E402  (one pin, kept with the backend)
 STAMP = ".edgetx-web-stamp.json"
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from edgetx.runtimes.base import SessionOptions, register_backend
 from edgetx.runtimes.vendor import VendorBackend, base_env
 from edgetx.runtimes.vendor_provision import WORKER_DIR
-from edgetx.runtimes.xnnpack_provision import LIBDIR, command
 
 
 class XnnpackBackend(VendorBackend):
@@ -31,6 +30,8 @@ class XnnpackBackend(VendorBackend):
     option_prefix = "xnnpack."
 
     def required_files(self, env: Path, stamp: dict) -> list[Path]:
+        from edgetx.runtimes.xnnpack_provision import LIBDIR  # not at import: see web_backend._root
+
         return [env / "root" / LIBDIR / "ld-linux-x86-64.so.2"]
 
     def describe(self, stamp: dict) -> str:
@@ -38,6 +39,8 @@ class XnnpackBackend(VendorBackend):
                 f"(python {stamp.get('python', '?')})")
 
     def worker_command(self, env: Path, stamp: dict) -> tuple[list[str], dict[str, str]]:
+        from edgetx.runtimes.xnnpack_provision import command
+
         argv, extra = command(env / "root")
         return [*argv, str(WORKER_DIR / "ort_worker.py")], base_env(**extra)
 
