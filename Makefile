@@ -30,7 +30,7 @@ VENDOR_STAMPS := $(QNN_ROOT)/env/provisioned.json $(OPENVINO_ROOT)/env/provision
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast venv provision provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers train clean
+.PHONY: demo test test-fast venv provision provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers fuzz-long soak kills train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -93,6 +93,14 @@ test-fast: $(STAMP)
 # peers get their own virtualenvs under .cache/peers on first use (~8 min from nothing, ~5 GB).
 peers: $(STAMP) $(MODELS_STAMP)
 	$(BIN)/python benchmarks/peers.py $(PEERS_ARGS)
+
+# Reliability beyond CI size (benchmarks/reliability.py): each prints its figures and fails on a crash.
+fuzz-long: $(STAMP)
+	$(BIN)/python benchmarks/reliability.py fuzz --cases $(or $(CASES),5000)
+soak: $(STAMP)
+	$(BIN)/python benchmarks/reliability.py soak --minutes $(or $(MINUTES),3)
+kills: $(STAMP)
+	$(BIN)/python benchmarks/reliability.py kills --times $(or $(TIMES),20)
 
 # Re-train the reference checkpoint (about 25 minutes on 2 cores).
 train: $(STAMP)

@@ -10,6 +10,26 @@ import numpy as np
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 
 
+def causal_contract_problem(inputs: list[dict], outputs: list[dict]) -> str | None:
+    """What in an I/O signature breaks the causal-LM graph contract (README), or None."""
+    by_name, out_names = {s["name"]: s for s in inputs}, {s["name"] for s in outputs}
+    for name in ("input_ids", "attention_mask", "position_ids"):
+        spec = by_name.get(name)
+        if spec is None or spec["dtype"] != "int64" or len(spec["shape"]) != 2:
+            return f"input {name!r} must be int64 of rank 2"
+    if "logits" not in out_names:
+        return "no 'logits' output"
+    for name, spec in by_name.items():
+        if name.startswith(PAST_PREFIX):
+            shape = spec["shape"]
+            if len(shape) != 4 or shape[0] != "batch" or shape[2] != "past" or not all(
+                    isinstance(d, int) for d in (shape[1], shape[3])):
+                return f"cache input {name!r} must have shape [batch, heads, past, head_dim], not {shape}"
+            if PRESENT_PREFIX + name[len(PAST_PREFIX):] not in out_names:
+                return f"cache input {name!r} has no matching {PRESENT_PREFIX}* output"
+    return None
+
+
 def empty_cache(inputs: list[dict], batch: int) -> dict[str, np.ndarray]:
     """Zero-length past keys/values for every cache input of an I/O signature."""
     return {s["name"]: np.zeros([batch if d == "batch" else 0 if d == "past" else d for d in s["shape"]],

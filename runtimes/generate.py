@@ -11,13 +11,16 @@ previous step returned (decode). Tokens stream out as an iterator.
 from __future__ import annotations
 
 import codecs
+import operator
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 
-from edgetx.errors import InputError
+from edgetx.bundle import MANIFEST
+from edgetx.errors import BackendError, BundleError, InputError
 from edgetx.runtimes.feeds import causal_feeds, empty_cache, next_cache
 from edgetx.runtimes.session import Session
 from edgetx.runtimes.tokenizer import Tokenizer
@@ -32,6 +35,13 @@ class GenerationConfig:
     stop: tuple[bytes, ...] = ()  # stop when the output contains one of these (not emitted)
 
     def check(self) -> None:
+        for name, kinds in (("max_new_tokens", Integral), ("temperature", Real), ("top_k", (Integral, type(None))),
+                            ("top_p", (Real, type(None))), ("seed", (Integral, type(None))), ("stop", (tuple, list))):
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise InputError(f"GenerationConfig.{name} has the wrong type: {value!r}")
+        if not np.isfinite(self.temperature):
+            raise InputError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
         if self.max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -40,6 +50,8 @@ class GenerationConfig:
             raise InputError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and self.seed < 0:
+            raise InputError(f"seed must be >= 0, got {self.seed}")
         if any(not isinstance(s, bytes) or not s for s in self.stop):
             raise InputError("stop sequences must be non-empty bytes")
 
@@ -122,6 +134,9 @@ class Generator:
         model = session.model
         if model.get("kind") != "causal-lm":
             raise InputError(f"{session.bundle.path} holds a {model.get('kind')!r} model; Generator needs a causal-lm")
+        if not all(isinstance(model.get(key), int) for key in ("vocab_size", "max_positions")):
+            raise BundleError(f"{session.bundle.path / MANIFEST}: a causal-lm needs model.vocab_size and "
+                              "model.max_positions (positive integers)")
         self.session = session
         self.tokenizer = tokenizer or session.tokenizer
         self.max_positions: int = model["max_positions"]
@@ -133,7 +148,11 @@ class Generator:
         """Yield new token ids one at a time (batch 1)."""
         config = config or GenerationConfig()
         config.check()
-        ids = [int(t) for t in prompt_ids]
+        try:
+            ids = [operator.index(t) for t in prompt_ids]
+        except TypeError:
+            raise InputError(f"prompt token ids must be integers (e.g. from tokenizer.encode), got {prompt_ids!r:.80}"
+                             ) from None
         if not ids:
             raise InputError("the prompt is empty; give at least one token")
         bad = [t for t in ids if not 0 <= t < self.vocab_size]
@@ -160,7 +179,11 @@ class Generator:
             self.stats.add_step(time.perf_counter() - started, prefill=past == 0)
             cache = next_cache(outputs, cache)
             past += seq
-            token = sample_next(outputs["logits"][0, -1], config, rng)
+            logits = outputs["logits"][0, -1]
+            if not np.isfinite(logits).all():
+                raise BackendError(f"{self.session.model_path} produced non-finite logits (NaN/inf) at position {past}: "
+                                   "the variant is damaged or numerically unstable; check it with `edgetx verify`")
+            token = sample_next(logits, config, rng)
             yield token
             if token in self.tokenizer.eos_token_ids:
                 self.finish_reason = "eos"
@@ -175,7 +198,7 @@ class Generator:
         incomplete character or could be the start of a stop sequence.
         """
         config = config or GenerationConfig()
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
         stops = _StopFilter(tuple(config.stop))
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # pieces may split a character
         generated: list[int] = []

@@ -1,19 +1,23 @@
 """`Session`: run one variant of a bundle on a backend, with inputs checked first.
 
 Inputs are validated against the manifest's I/O signature (names, dtypes, ranks, fixed and
-symbolic dims) so that a mistake is reported in edgetx's words, before onnxruntime sees it.
+symbolic dims) and the model's facts (token ids inside the vocabulary, positions and lengths
+inside the context, a 0/1 attention mask, finite floats) so that a mistake is reported in
+edgetx's words, before onnxruntime sees it. A Session may be shared by threads.
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
 
-from edgetx.bundle import Bundle
-from edgetx.errors import InputError
+from edgetx.bundle import MANIFEST, Bundle
+from edgetx.errors import BackendError, BundleError, InputError
 from edgetx.runtimes.base import RunResult, SessionOptions, get_backend
+from edgetx.runtimes.feeds import causal_contract_problem
 from edgetx.runtimes.pooling import pool
 from edgetx.runtimes.tokenizer import Tokenizer, tokenizer_for
 
@@ -34,8 +38,17 @@ def _dim_value(dim: int | str, sizes: dict[str, int]) -> int | None:
     return total
 
 
-def validate_inputs(feeds: dict[str, object], inputs: list[dict]) -> dict[str, np.ndarray]:
-    """Check feeds against an I/O signature; return them as numpy arrays or raise InputError."""
+# Value ranges of inputs with a known meaning: name -> (low, high or None, what the range is).
+Limits = dict[str, tuple[int, int | None, str]]
+
+
+def validate_inputs(feeds: dict[str, object], inputs: list[dict], limits: Limits | None = None,
+                    max_length: int | None = None, unscanned: frozenset[int] = frozenset()) -> dict[str, np.ndarray]:
+    """Check feeds against an I/O signature (and, if given, value `limits` and the `max_length` of a
+    sequence); return them as numpy arrays or raise InputError. Float inputs must be finite, except
+    those whose id() is in `unscanned` (arrays the model itself returned, e.g. a KV cache)."""
+    if not isinstance(feeds, dict):
+        raise InputError(f"inputs must be a dict of name -> numpy array, got {type(feeds).__name__}")
     expected = {spec["name"]: spec for spec in inputs}
     unknown = sorted(set(feeds) - set(expected))
     missing = [name for name in expected if name not in feeds]
@@ -76,7 +89,80 @@ def validate_inputs(feeds: dict[str, object], inputs: list[dict]) -> dict[str, n
             if want is not None and want != actual:
                 raise InputError(f"input {name!r}: axis {axis} should be {dim}={want} "
                                  f"(shape {spec['shape']} with {sizes}), got {actual}")
+    _check_values(arrays, limits or {}, max_length, unscanned)
     return arrays
+
+
+def _check_values(arrays: dict[str, np.ndarray], limits: Limits, max_length: int | None,
+                  unscanned: frozenset[int]) -> None:
+    """Token ids, positions and masks inside their ranges, sequences inside the context, floats finite."""
+    if "input_ids" in arrays and arrays["input_ids"].size == 0:
+        raise InputError(f"input 'input_ids' has shape {list(arrays['input_ids'].shape)}: no tokens; "
+                         "give at least one (an empty prompt cannot be run)")
+    for name, value in arrays.items():
+        if name in limits and value.size and value.dtype.kind in "iu":
+            low, high, what = limits[name]
+            bad = (value < low) | (value >= high) if high is not None else value < low
+            if bad.any():
+                index = tuple(int(i) for i in np.argwhere(bad)[0])
+                span = f"[{low}, {high})" if high is not None else f">= {low}"
+                noun, _, field = what.partition(" (")
+                raise InputError(f"input {name!r}: value {value[index]} at index {index} is outside {noun} {span}"
+                                 + (f" ({field}" if field else ""))
+        if value.dtype.kind == "f" and id(value) not in unscanned and not np.isfinite(value).all():
+            index = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
+            raise InputError(f"input {name!r} holds {value[index]} at index {index}; inputs must be finite "
+                             "(NaN and inf propagate to every output)")
+        if max_length is not None and name in ("input_ids", "attention_mask") and value.ndim == 2 \
+                and value.shape[1] > max_length:
+            what = "past+seq positions" if name == "attention_mask" else "tokens"
+            raise InputError(f"input {name!r} covers {value.shape[1]} {what}; this model sees at most {max_length} "
+                             f"(model.max_positions), so shorten the input")
+
+
+def _positive(model: dict, key: str, where: Path) -> int | None:
+    value = model.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise BundleError(f"{where}: model.{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_signature(bundle: Bundle) -> tuple[list[dict], list[dict], Limits, int | None]:
+    """The manifest's io.inputs and io.outputs, each checked to be a list of {name, dtype, shape};
+    and the value limits and maximum length its model facts give."""
+    where = bundle.path / MANIFEST
+    lists = []
+    for key in ("inputs", "outputs"):
+        specs = bundle.io.get(key)
+        if not isinstance(specs, list) or not specs:
+            raise BundleError(f"{where}: io.{key} must be a non-empty list of {{name, dtype, shape}}")
+        for i, spec in enumerate(specs):
+            ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("dtype"), str)
+                  and isinstance(spec.get("shape"), list)
+                  and all(isinstance(d, str) and d or isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                          for d in spec["shape"]))
+            try:
+                ok = ok and np.dtype(spec["dtype"]).kind in "biuf"
+            except TypeError:
+                ok = False
+            if not ok:
+                raise BundleError(f"{where}: io.{key}[{i}] must be {{name: str, dtype: a numpy dtype name, shape: "
+                                  f"[int >= 0 or symbol, ...]}}, got {spec!r:.200}")
+        if len({spec["name"] for spec in specs}) != len(specs):
+            raise BundleError(f"{where}: io.{key} names an input or output twice")
+        lists.append(specs)
+    if not isinstance(bundle.model.get("kind"), str):
+        raise BundleError(f"{where}: model.kind must be a string such as 'causal-lm' or 'encoder'")
+    if bundle.model["kind"] == "causal-lm" and (problem := causal_contract_problem(*lists)):
+        raise BundleError(f"{where}: io does not follow the causal-LM graph contract: {problem}")
+    vocab, context = _positive(bundle.model, "vocab_size", where), _positive(bundle.model, "max_positions", where)
+    limits: Limits = {"attention_mask": (0, 2, "a mask of 0 (padding) and 1 (token)"),
+                      "token_type_ids": (0, None, "token types")}
+    if vocab:
+        limits["input_ids"] = (0, vocab, "the vocabulary (model.vocab_size)")
+    if context:
+        limits["position_ids"] = (0, context, "the model's positions (model.max_positions)")
+    return lists[0], lists[1], limits, context
 
 
 class Session:
@@ -92,12 +178,14 @@ class Session:
         self.variant = self.bundle.variant(variant)
         self.backend = get_backend(backend)
         self.model_path: Path = self.bundle.file(self.variant.file_for(self.backend.model_format))
+        self.inputs, self.outputs, self._limits, self._max_length = check_signature(self.bundle)
         options = SessionOptions(threads=threads, graph_optimization=graph_optimization)
         self._session = self.backend.create_session(self.model_path, options)
-        self.inputs: list[dict] = self.bundle.io["inputs"]
-        self.outputs: list[dict] = self.bundle.io["outputs"]
         self.last_run_seconds: float | None = None
         self._tokenizer: Tokenizer | None = None
+        # Float arrays this session returned (e.g. a KV cache passed back as the next step's past)
+        # are not re-scanned for NaN/inf: the scan would cost ~7% of a small model's decode step.
+        self._returned: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
     @property
     def model(self) -> dict:
@@ -134,7 +222,11 @@ class Session:
             batch["attention_mask"][row, : len(tokens)] = 1
             batch["token_type_ids"][row, : len(types)] = types
         hidden = self.run({n: batch[n] for n in names}, ["last_hidden_state"])["last_hidden_state"]
-        return pool(hidden, batch["attention_mask"], self.model.get("pooling", {}))
+        vectors = pool(hidden, batch["attention_mask"], self.model.get("pooling") or {})
+        if not np.isfinite(vectors).all():
+            raise BackendError(f"{self.model_path} produced non-finite embeddings (NaN/inf): the variant is damaged "
+                               "or numerically unstable; check it with `edgetx verify`")
+        return vectors
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Validate `feeds` against the manifest, run, and return the outputs by name."""
@@ -142,12 +234,19 @@ class Session:
         return result.outputs
 
     def run_timed(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> RunResult:
-        arrays = validate_inputs(feeds, self.inputs)
+        """`run`, also returning the time the backend took."""
+        returned = self._returned
+        unscanned = frozenset(id(v) for v in (feeds.values() if isinstance(feeds, dict) else ())
+                              if returned.get(id(v)) is v)
+        arrays = validate_inputs(feeds, self.inputs, self._limits, self._max_length, unscanned)
         if output_names is not None:
             known = {o["name"] for o in self.outputs}
-            bad = [n for n in output_names if n not in known]
-            if bad:
-                raise InputError(f"unknown output(s) {', '.join(bad)}; the model returns: {', '.join(sorted(known))}")
+            bad = [n for n in output_names if not isinstance(n, str) or n not in known]
+            if bad or not isinstance(output_names, list):
+                raise InputError(f"unknown output(s) {bad or output_names}; the model returns: {', '.join(sorted(known))}")
         result = self._session.run(arrays, output_names)
+        for value in result.outputs.values():
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                returned[id(value)] = value
         self.last_run_seconds = result.seconds
         return result
