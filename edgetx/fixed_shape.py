@@ -64,10 +64,35 @@ def fix_model(source: Path, target: Path, dims: dict[str, int], io: dict, transf
         if value is None:
             raise EdgetxError(f"cannot give {param!r} a value from {dims}")
         make_dim_param_fixed(model.graph, param, value)
-    fix_output_shapes(model)
+    _sort_nodes(model.graph)  # onnx's checker (run by fix_output_shapes) wants a topological order
+    del model.graph.value_info[:]  # optional; stale entries (float16 conversion leaves some) fail inference
+    try:
+        fix_output_shapes(model)
+    except Exception as e:  # onnx raises ValidationError / InferenceError for graphs it cannot type
+        raise EdgetxError(f"{source}: cannot infer the output shapes at {dims}: "
+                          f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
     if transform is not None:
         transform(model)
     onnx.save(model, str(target))
+
+
+def _sort_nodes(graph) -> None:
+    """Order `graph`'s nodes so that each comes after the producers of its inputs (float16 conversion
+    appends Cast nodes at the end of the list; onnxruntime does not mind, onnx's checker does)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(range(len(graph.node))), []
+    while pending:
+        ready = [i for i in pending if all(name in available for name in graph.node[i].input)]
+        if not ready:  # a cycle or an input nobody produces: leave the order as it was
+            return
+        for i in ready:
+            available.update(graph.node[i].output)
+        ordered += ready
+        taken = set(ready)
+        pending = [i for i in pending if i not in taken]
+    nodes = [graph.node[i] for i in ordered]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def fixed_feeds(bundle: Bundle, dynamic: Session, dims: dict[str, int]) -> dict[str, np.ndarray]:

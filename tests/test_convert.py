@@ -118,3 +118,13 @@ def test_fixed_shape_copies(tiny_bundle):
         assert shapes["input_ids"] == [2, 1] and shapes["attention_mask"] == [2, 16]
         assert shapes["past_key_values.0.key"][0] == 2 and shapes["past_key_values.0.key"][2] == 15
     assert bundle.manifest["variants"]["fp32"]["fixed_shape"]["max_abs_vs_dynamic"] <= 1e-5
+
+
+def test_fixed_shape_copy_of_an_fp16_variant(tiny_checkpoint, tmp_path):
+    """float16 conversion leaves Cast nodes out of topological order; fixing shapes must still work."""
+    from edgetx.build import build
+    from edgetx.fixed_shape import add_fixed
+
+    bundle = build(tiny_checkpoint, tmp_path / "b", optimize=False, quantize=("fp16",))
+    result = add_fixed(bundle, {"batch": 1, "seq": 1, "past": 7}, ["fp16"])
+    assert "top-1 1.000" in result["fp16"]["check"]
