@@ -298,6 +298,9 @@ class BundleWriter:
         self.overwrite = overwrite
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.{os.getpid()}.", suffix=".partial",
                                          dir=self.target.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it 0700: apps of other users must read bundles
 
     def __enter__(self) -> "BundleWriter":
         return self

@@ -20,13 +20,8 @@ from edgetx.errors import BundleError
 
 MANIFEST = "manifest.json"
 
-# --- ONNX files, checked before any runtime parses them ------------------------------------------
-# A runtime trusts a model file's protobuf. A hostile or damaged one can point its external data
-# outside the bundle, carry names that are not UTF-8 (onnxruntime's Python API then fails outside
-# its own error handling) or tensors whose data does not match their shape. `OnnxCheck` reads the
-# protobuf wire format directly (no onnx package: this is the runtime path) and skips tensor
-# payloads: ~6 ms for the reference GPT, ~70 ms for SmolLM2-135M's 650 MB (hashing it takes 530 ms),
-# so it runs on every load, the trusted `verify_hashes=False` one included.
+# Cost: ~6 ms for the reference GPT, ~70 ms for SmolLM2-135M's 650 MB (hashing it takes 530 ms), so the
+# check runs on every load, the trusted `verify_hashes=False` one included.
 _ONNX_BITS = {1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64, 14: 64, 15: 128,
               16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4, 24: 8, 25: 2, 26: 2, 27: 6, 28: 6}
 # The messages walked: {field number: (field name, message type, or "" for a UTF-8 string)}.

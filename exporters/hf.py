@@ -33,6 +33,17 @@ class UnsupportedModel(EdgetxError):
     """The folder holds a model edgetx cannot export; the message names what is missing."""
 
 
+def _load_weights(auto_class, folder: Path, **kwargs):
+    """`auto_class.from_pretrained` in eval mode; weights it cannot read (a damaged file, a pickle that
+    weights_only=True refuses) become an edgetx error that names the folder."""
+    try:
+        return auto_class.from_pretrained(folder, **kwargs).eval()
+    except (OSError, ValueError, RuntimeError) as e:
+        cause = " ".join(str(e).split())[:300]
+        raise UnsupportedModel(f"{folder}: transformers could not load the weights ({type(e).__name__}: {cause}); "
+                               "a pickle that runs code is refused even with --allow-pickle") from None
+
+
 def is_hf_model(path: Path) -> bool:
     if path.is_file():
         return path.suffix == ".gguf"
@@ -185,8 +196,8 @@ def _decoder_source(folder, config, tokenizer, tokenizer_files, *, source, sourc
 
     notes = [note for adjust in _ADJUSTMENTS if (note := adjust(config))]
     config._attn_implementation = "sdpa"
-    model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32,
-                                                 trust_remote_code=trust_remote_code, **kwargs).eval()
+    model = _load_weights(AutoModelForCausalLM, folder, config=config, dtype=torch.float32,
+                          trust_remote_code=trust_remote_code, **kwargs)
     text = config.get_text_config(decoder=True)
     heads = text.num_attention_heads
     spec = CausalLMSpec(
@@ -249,8 +260,8 @@ def _encoder_source(folder, config, tokenizer, tokenizer_files, *, source, sourc
     from transformers import AutoModel
 
     config._attn_implementation = "sdpa"
-    model = AutoModel.from_pretrained(folder, config=config, dtype=torch.float32, add_pooling_layer=False,
-                                      trust_remote_code=trust_remote_code, **kwargs).eval()
+    model = _load_weights(AutoModel, folder, config=config, dtype=torch.float32, add_pooling_layer=False,
+                          trust_remote_code=trust_remote_code, **kwargs)
     names = ("input_ids", "attention_mask") + (("token_type_ids",) if "token_type_ids" in tokenizer.model_input_names
                                                 else ())
     max_positions = min(config.max_position_embeddings, tokenizer.model_max_length or 10**9)
