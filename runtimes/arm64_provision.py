@@ -96,12 +96,14 @@ class PrivateApt:
         env = {**os.environ, "APT_CONFIG": str(self.config), "LC_ALL": "C"}
         return run(["apt-get", "-q", "-y", *args], what, env=env, cwd=cwd)
 
-    def update_once(self, label: str) -> None:
-        """Fetch the package lists unless already cached (a re-run must not download)."""
+    def update_once(self, label: str, report=None) -> None:
+        """Fetch the package lists unless already cached (a re-run must not download); progress goes to
+        `report` (the caller's own progress lines; default: this module's)."""
+        report = report or step
         if any((self.folder / "lists").glob("*_Packages*")):
-            step(f"{label}: package lists cached")
+            report(f"{label}: package lists cached")
             return
-        step(f"{label}: apt-get update (private state in {self.folder})")
+        report(f"{label}: apt-get update (private state in {self.folder})")
         source = (self.folder / "etc/sources.list").read_text().strip()
         self("update", "--error-on=any", what=f"apt-get update for {label} ({source})")
         if not any((self.folder / "lists").glob("*_Packages*")):

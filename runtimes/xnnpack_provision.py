@@ -48,7 +48,7 @@ def _build(work: Path, cache: Path, step: vp.Steps) -> dict:
     if not KEYRING.is_file():
         raise BackendError(f"{KEYRING} is missing: apt-get install debian-archive-keyring")
     apt = PrivateApt(cache / f"apt-{SUITE}-amd64", host_mirror(), SUITE, "amd64")
-    apt.update_once(f"{SUITE} amd64")
+    apt.update_once(f"{SUITE} amd64", step)
     names = apt.debs("install", *PACKAGES, what=f"resolving {' '.join(PACKAGES)} in Debian {SUITE}")
     archives = apt.folder / "archives"
     if not names:
