@@ -28,7 +28,7 @@ def write_message(stream: BinaryIO, header: dict, arrays: dict[str, np.ndarray] 
     arrays = arrays or {}
     tensors, blobs = [], []
     for name, value in arrays.items():
-        value = np.ascontiguousarray(value)
+        value = np.ascontiguousarray(value).reshape(np.shape(value))  # ascontiguousarray makes a scalar 1-D
         if value.dtype.name not in DTYPES:
             raise ValueError(f"tensor {name!r}: dtype {value.dtype} cannot cross the wire ({', '.join(DTYPES)})")
         tensors.append({"name": name, "dtype": value.dtype.name, "shape": list(value.shape)})

@@ -92,3 +92,21 @@ def test_not_an_array(guarded):
 def test_unknown_backend(tiny_bundle_master):
     with pytest.raises(BackendError, match="unknown backend 'tpu'; known backends: .*ort-cpu"):
         Session(tiny_bundle_master, backend="tpu")
+
+
+def test_wire_keeps_every_shape_including_scalars():
+    """Remote workers (arm64, web) get feeds over edgetx.runtimes.wire: a scalar such as
+    logits_to_keep must arrive as a scalar, a non-contiguous view as its values."""
+    import io
+
+    from edgetx.runtimes.wire import read_message, write_message
+
+    arrays = {"scalar": np.array(1, dtype=np.int64), "matrix": np.arange(12, dtype=np.float32).reshape(3, 4).T,
+              "empty": np.zeros((1, 3, 0, 8), dtype=np.float32)}
+    stream = io.BytesIO()
+    write_message(stream, {"op": "run"}, arrays)
+    stream.seek(0)
+    header, got = read_message(stream)
+    assert header["op"] == "run"
+    for name, value in arrays.items():
+        assert got[name].shape == value.shape and np.array_equal(got[name], value), name
