@@ -22,7 +22,7 @@ import numpy as np
 from edgetx import metrics
 from edgetx.errors import EdgetxError
 from edgetx.explain import with_outputs
-from edgetx.quantize import CALIBRATED_METHODS, Scheme, apply, weight_matmuls
+from edgetx.quantize import Scheme, apply, needs_calibration, prepare_int8_graph, weight_matmuls
 from edgetx.runtimes.base import SessionOptions, get_backend
 from edgetx.runtimes.feeds import causal_feeds, empty_cache, encoder_feeds, next_cache
 from edgetx.tolerances import QUANTIZED, Tolerance
@@ -154,7 +154,9 @@ def _simulate(s: Scheme, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.n
         return x.astype(np.float16).astype(np.float32), w.astype(np.float16).astype(np.float32)
     if s.method in ("dynamic", "static", "qdq"):
         bits = 16 if s.options.get("activation") == "QUInt16" else 8
-        return _fake_quant(x, bits, None), _fake_quant(w, 8, 0 if s.options.get("per_channel", True) else None)
+        signed = s.options.get("weight_type", "QUInt8") == "QInt8"  # symmetric; reduce_range: 7 bits
+        wbits = 7 if s.options.get("reduce_range") else 8
+        return _fake_quant(x, bits, None), _fake_quant(w, wbits, 0 if s.options.get("per_channel", True) else None, signed)
     block = s.options.get("block_size", 32)  # weight-only: blocks along the reduction dim (rows of w)
     k = w.shape[0] - w.shape[0] % block
     blocks = w[:k].reshape(-1, block, w.shape[1])
@@ -225,11 +227,13 @@ class GatedVariant:
     quantizable: int = 0
     bytes: int = 0
     steps: list[dict] = field(default_factory=list)  # the mixed-precision search, step by step
+    rewrites: dict | None = None  # what edgetx.int8_graph rewrote before quantizing (dynamic int8)
 
     def to_dict(self) -> dict:
         return {"scheme": self.scheme.to_dict(), "gate_passed": self.passed, "gate": self.metrics,
                 "missed_by": self.missed_by, "kept_fp32_nodes": self.kept_fp32, "quantizable_nodes": self.quantizable,
-                "bytes": self.bytes, "mixed_precision_search": self.steps}
+                "bytes": self.bytes, "mixed_precision_search": self.steps,
+                **({"graph_rewrites": self.rewrites} if self.rewrites else {})}
 
 
 def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str, inputs: list[dict],
@@ -239,20 +243,23 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str, inputs
     `out_path` is written only when the gate passes."""
     tolerance = QUANTIZED[s.precision]
     calibration = calibration_feeds(kind, inputs, data, span_positions=s.method == "qdq") \
-        if s.method in CALIBRATED_METHODS else None
+        if needs_calibration(s) else None
     reference = get_backend(backend).create_session(fp32_path, SessionOptions())
     if s.method == "qdq" and kind == "causal-lm":
         calibration = calibration + decode_calibration(reference, inputs, data)
-    nodes = weight_matmuls(fp32_path)
-    ranked: list[str] | None = None
-    steps: list[dict] = []
-    keep: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgetx-quant-", dir=out_path.parent) as tmp:
+        # the graph the scheme quantizes (dynamic int8 rewrites fused ops first): node names refer to it
+        source, rewrites = (prepare_int8_graph(s, fp32_path, Path(tmp) / "source.onnx", calibration)
+                            if s.method == "dynamic" else (fp32_path, None))
+        nodes = weight_matmuls(source)
+        ranked: list[str] | None = None
+        steps: list[dict] = []
+        keep: list[str] = []
         trial = Path(tmp) / "model.onnx"
         while True:
             progress(f"{s.name}: {len(keep)} of {len(nodes)} nodes kept in fp32")
             try:
-                apply(s, fp32_path, trial, exclude=keep, calibration=calibration, inputs=inputs)
+                apply(s, source, trial, exclude=keep, calibration=calibration, inputs=inputs)
             except EdgetxError:
                 raise
             except Exception as e:  # onnxruntime.quantization raises plain exceptions
@@ -264,29 +271,30 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str, inputs
             steps.append({"kept_fp32": len(keep), "bytes": trial.stat().st_size, **result, "missed_by": missed})
             if not missed or len(keep) >= len(nodes) or not mixed_precision:
                 break
-            if ranked is not None and 2 * len(keep) > MAX_KEPT_FRACTION * len(nodes):
+            cap = int(MAX_KEPT_FRACTION * len(nodes))  # doubling stops at the cap, which is tried once
+            if ranked is not None and min(2 * len(keep), cap) <= len(keep):
                 missed.append(f"mixed precision gave up: keeping more than {MAX_KEPT_FRACTION:.0%} of the "
                               f"{len(nodes)} quantizable nodes in fp32 would defeat the variant")
                 break
             if ranked is None:
                 progress(f"{s.name}: gate missed ({'; '.join(missed)}); measuring node sensitivity")
                 if len(nodes) <= EXACT_SENSITIVITY_MAX:
-                    ranked = _exact_sensitivity(s, fp32_path, nodes, Path(tmp) / "one.onnx", kind, inputs,
+                    ranked = _exact_sensitivity(s, source, nodes, Path(tmp) / "one.onnx", kind, inputs,
                                                 reference, data, pooling, calibration, backend)
                     method = "exact: each node quantized alone, gate metric measured"
                 else:
                     feeds = ([encoder_feeds(inputs, data, "eval")] if kind == "encoder"
                              else [causal_feeds(inputs, ids) for ids in sequences(data, "eval")[:2]])
-                    ranked = [n for n, _ in sensitivity(fp32_path, s, feeds, backend)]
+                    ranked = [n for n, _ in sensitivity(source, s, feeds, backend)]
                     method = "estimated: simulated quantization error of each MatMul's output"
-                ranked = [n for n in _output_nodes(fp32_path) if n in nodes] + [n for n in ranked]
+                ranked = [n for n in _output_nodes(source) if n in nodes] + [n for n in ranked]
                 ranked = list(dict.fromkeys(ranked + nodes))
                 steps[-1]["sensitivity"] = method
-            keep = ranked[: max(1, 2 * len(keep))]
+            keep = ranked[: max(1, min(2 * len(keep), cap) if keep else 1)]
         if not missed and nodes and len(keep) >= len(nodes):
             missed = ["the gate holds only with every node in fp32: nothing left to quantize"]
         variant = GatedVariant(s, not missed, result, missed, keep if not missed else [], len(nodes),
-                               trial.stat().st_size, steps)
+                               trial.stat().st_size, steps, rewrites)
         if variant.passed:
             trial.replace(out_path)
     return variant
