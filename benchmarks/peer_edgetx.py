@@ -22,7 +22,7 @@ class EdgetxDecoder:
         self.session, self.cache = session, {}
 
     def _step(self, ids: np.ndarray, cache: dict | None) -> int:
-        out = self.session.run(causal_feeds(self.session.inputs, ids, cache=cache))
+        out = self.session.run(causal_feeds(self.session.inputs, ids, cache=cache, logits_to_keep=1))
         self.cache = next_cache(out, cache if cache is not None else empty_cache(self.session.inputs, 1))
         return int(out["logits"][0, -1].argmax())
 

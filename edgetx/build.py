@@ -142,6 +142,8 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
     """
     _require_export_extra()
     from edgetx.exporters.source import load_source
+    from edgetx.logits_to_keep import INPUT_SPEC as LOGITS_TO_KEEP
+    from edgetx.logits_to_keep import add_logits_to_keep
     from edgetx.parity import measure_fp32_tolerance, verify
 
     with BundleWriter(out, overwrite=force) as writer:
@@ -183,6 +185,12 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
         if optimize:
             with stage("optimize: fuse, verify and time graph candidates on onnxruntime CPU"):
                 manifest["optimization"] = _optimize_fp32(provisional, writer)
+        if source.kind == "causal-lm":
+            with stage("let prompts ask for the last position's logits only (input logits_to_keep)"):
+                skipped = add_logits_to_keep(writer.path("fp32/model.onnx"))
+                if skipped is None:
+                    manifest["io"]["inputs"].append(dict(LOGITS_TO_KEEP))  # the provisional bundle shares io
+                manifest["provenance"]["logits_to_keep"] = skipped or "added"
         with stage("verify the kept fp32 graph against the golden I/O"):
             reports = verify(provisional, backend="ort-cpu")
         failed = [r for r in reports if not r.passed]

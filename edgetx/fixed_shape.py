@@ -58,6 +58,7 @@ def fix_model(source: Path, target: Path, dims: dict[str, int], io: dict, transf
     from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
 
     model = onnx.load(str(source))
+    _freeze_optional_inputs(model.graph, io)
     params = {d for spec in io["inputs"] + io["outputs"] for d in spec["shape"] if isinstance(d, str)}
     for param in sorted(params):
         value = _dim_value(param, dims)
@@ -74,6 +75,16 @@ def fix_model(source: Path, target: Path, dims: dict[str, int], io: dict, transf
     if transform is not None:
         transform(model)
     onnx.save(model, str(target))
+
+
+def _freeze_optional_inputs(graph, io: dict) -> None:
+    """Optional inputs (e.g. logits_to_keep) become constants at their default: a fixed-shape graph
+    is for one input signature, and a Slice driven by an input would leave its output shape unknown."""
+    optional = {spec["name"] for spec in io["inputs"] if spec.get("optional")}
+    initializers = {t.name for t in graph.initializer}
+    kept = [i for i in graph.input if i.name not in optional or i.name not in initializers]
+    del graph.input[:]
+    graph.input.extend(kept)
 
 
 def _sort_nodes(graph) -> None:

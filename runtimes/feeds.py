@@ -43,9 +43,11 @@ def next_cache(outputs: dict[str, np.ndarray], cache: dict[str, np.ndarray]) -> 
 
 
 def causal_feeds(inputs: list[dict], input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
-                 position_ids: np.ndarray | None = None, cache: dict[str, np.ndarray] | None = None) -> dict:
+                 position_ids: np.ndarray | None = None, cache: dict[str, np.ndarray] | None = None,
+                 logits_to_keep: int = 0) -> dict:
     """Causal-LM inputs: no mask = all ones, no positions = counting on from the cache's length,
-    no cache = empty."""
+    no cache = empty. `logits_to_keep` = 1 asks for the last position's logits only (a prompt run),
+    on graphs that take it (edgetx.logits_to_keep); 0 = every position."""
     past = next(iter(cache.values())).shape[2] if cache else 0
     if attention_mask is None:
         attention_mask = np.ones((input_ids.shape[0], past + input_ids.shape[1]), dtype=np.int64)
@@ -53,8 +55,11 @@ def causal_feeds(inputs: list[dict], input_ids: np.ndarray, attention_mask: np.n
         position_ids = np.broadcast_to(np.arange(past, past + input_ids.shape[1], dtype=np.int64), input_ids.shape)
     if cache is None:
         cache = empty_cache(inputs, batch=input_ids.shape[0])
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "position_ids": np.ascontiguousarray(position_ids), **cache}
+    feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
+             "position_ids": np.ascontiguousarray(position_ids), **cache}
+    if logits_to_keep and any(s["name"] == "logits_to_keep" for s in inputs):
+        feeds["logits_to_keep"] = np.array(logits_to_keep, dtype=np.int64)
+    return feeds
 
 
 def encoder_feeds(inputs: list[dict], data: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:

@@ -173,7 +173,7 @@ class Generator:
                 self.finish_reason = "context"
                 return
             seq = step_ids.shape[1]
-            feeds = causal_feeds(self.session.inputs, step_ids, cache=cache)
+            feeds = causal_feeds(self.session.inputs, step_ids, cache=cache, logits_to_keep=1)
             started = time.perf_counter()
             outputs = self.session.run(feeds)
             self.stats.add_step(time.perf_counter() - started, prefill=past == 0)

@@ -51,7 +51,8 @@ def validate_inputs(feeds: dict[str, object], inputs: list[dict], limits: Limits
         raise InputError(f"inputs must be a dict of name -> numpy array, got {type(feeds).__name__}")
     expected = {spec["name"]: spec for spec in inputs}
     unknown = sorted(set(feeds) - set(expected))
-    missing = [name for name in expected if name not in feeds]
+    missing = [name for name, spec in expected.items() if name not in feeds and not spec.get("optional")]
+    expected = {name: spec for name, spec in expected.items() if name in feeds}  # optional ones left out run on their default
     if unknown or missing:
         parts = []
         if unknown:
@@ -157,7 +158,8 @@ def check_signature(bundle: Bundle) -> tuple[list[dict], list[dict], Limits, int
         raise BundleError(f"{where}: io does not follow the causal-LM graph contract: {problem}")
     vocab, context = _positive(bundle.model, "vocab_size", where), _positive(bundle.model, "max_positions", where)
     limits: Limits = {"attention_mask": (0, 2, "a mask of 0 (padding) and 1 (token)"),
-                      "token_type_ids": (0, None, "token types")}
+                      "token_type_ids": (0, None, "token types"),
+                      "logits_to_keep": (0, None, "a count of last positions (0 = all)")}
     if vocab:
         limits["input_ids"] = (0, vocab, "the vocabulary (model.vocab_size)")
     if context:

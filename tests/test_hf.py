@@ -188,3 +188,32 @@ def test_export_failure_names_architecture_and_cause_and_keeps_the_trace(tmp_pat
     log = tmp_path / "b.export-error.log"
     assert log.is_file() and "Traceback" in log.read_text() and "Traceback" not in result.output
     assert not (tmp_path / "b").exists()
+
+
+def test_llama_fused_attention_is_right_for_padded_batches(built):
+    """The fused GroupQueryAttention candidate passes every check, padded batches included: the
+    gqa-padded-batches pass masks pads with attention_bias and rotates at the real positions."""
+    _, bundle = built("llama")
+    fused = next(c for c in bundle.manifest["optimization"]["candidates"] if c["name"] == "ort-fusions")
+    moved = next(step for step in fused["log"] if step["pass"] == "gqa-padded-batches")
+    assert moved["attention_nodes"] == bundle.model["num_layers"] and moved["modified"]
+    assert fused["parity_passed"] and not fused["failed_checks"] and "restriction" not in fused
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_prompt_can_ask_for_the_last_positions_logits_only(built, family):
+    from edgetx.errors import InputError
+    from edgetx.runtimes.feeds import causal_feeds
+
+    _, bundle = built(family)
+    session = Session(bundle.path)
+    assert {"name": "logits_to_keep", "dtype": "int64", "shape": [], "optional": True, "default": 0} in session.inputs
+    ids = np.array([[5, 6, 7, 8, 9, 10]], dtype=np.int64)
+    full = session.run(causal_feeds(session.inputs, ids))["logits"]  # not fed: every position
+    last = session.run(causal_feeds(session.inputs, ids, logits_to_keep=1))["logits"]
+    assert full.shape[1] == ids.shape[1] and last.shape == (1, 1, full.shape[-1])
+    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
+    two = session.run(causal_feeds(session.inputs, ids, logits_to_keep=2))["logits"]
+    np.testing.assert_allclose(two, full[:, -2:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="logits_to_keep"):
+        session.run({**causal_feeds(session.inputs, ids), "logits_to_keep": np.array(-1, dtype=np.int64)})
