@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.errors import EdgetxError
+from edgetx.int8_graph import drop_dead
 
 BLOCK = 32
 LEVELS = 16
@@ -190,24 +191,9 @@ def apply_grid(src: str | Path, dst: str | Path, exclude: list[str] | None = Non
                   *_split([y], [m.output[0] for m in members], sizes, f"{name}.split", opset, graph)]
     del graph.node[:]
     graph.node.extend(nodes)
-    _drop_dead_nodes(graph)
-    used = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_dead(graph)  # the Transpose that fed a tied lm_head, and the fp32 weights replaced
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(dst))
     return len(plans)
 
-
-def _drop_dead_nodes(graph) -> None:
-    """Remove nodes nothing reads any more (the Transpose that fed a tied lm_head)."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        live = [n for n in graph.node if any(o in used for o in n.output)]
-        if len(live) == len(graph.node):
-            return
-        del graph.node[:]
-        graph.node.extend(live)

@@ -112,7 +112,7 @@ def unpack_attention(model) -> int:
             graph.initializer.append(numpy_helper.from_array(np.array(ATTENTION_BIAS_FLOOR, np.float32), FLOOR_NAME))
         del graph.node[:]
         graph.node.extend(nodes)
-        _drop_dead(graph)
+        drop_dead(graph)
     return count
 
 
@@ -148,7 +148,7 @@ def split_skip_layer_norm(model) -> int:
     return count
 
 
-def _drop_dead(graph) -> None:
+def drop_dead(graph) -> None:
     """Remove nodes whose outputs nothing reads (the Concats that built packed weights), then unused initializers."""
     outputs = {o.name for o in graph.output}
     while True:
@@ -308,7 +308,7 @@ def apply_remedies(model, choices: dict[str, dict], ranges: dict[str, np.ndarray
             nodes.append(helper.make_node("Add", [f"{p}/int8_out", f"{p}/outlier_out"], [y], name=f"{p}/outlier_Add"))
     del graph.node[:]
     graph.node.extend(nodes)
-    _drop_dead(graph)
+    drop_dead(graph)
 
 
 def prepare(src: str | Path, dst: str | Path, *, attention: bool = True, skip_layer_norm: bool = True,
