@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgetx import metrics
-from edgetx.explain import Explanation, Point, block_of, module_path, with_outputs
+from edgetx.verify import metrics
+from edgetx.verify.explain import Explanation, Point, block_of, module_path, with_outputs
 from edgetx.runtimes.base import SessionOptions, get_backend
-from edgetx.tolerances import INTERMEDIATE_REL_TOL
+from edgetx.verify.tolerances import INTERMEDIATE_REL_TOL
 
 
 def _boundary_values(model) -> dict[str, list[tuple[str, object]]]:

@@ -47,7 +47,7 @@ def causal_feeds(inputs: list[dict], input_ids: np.ndarray, attention_mask: np.n
                  logits_to_keep: int = 0) -> dict:
     """Causal-LM inputs: no mask = all ones, no positions = counting on from the cache's length,
     no cache = empty. `logits_to_keep` = 1 asks for the last position's logits only (a prompt run),
-    on graphs that take it (edgetx.logits_to_keep); 0 = every position."""
+    on graphs that take it (edgetx.passes.logits_to_keep); 0 = every position."""
     past = next(iter(cache.values())).shape[2] if cache else 0
     if attention_mask is None:
         attention_mask = np.ones((input_ids.shape[0], past + input_ids.shape[1]), dtype=np.int64)

@@ -19,9 +19,10 @@ import edgetx.runtimes.arm64 as arm64
 from conftest import backend_or_skip
 from edgetx.bundle import Bundle
 from edgetx.errors import BackendError
-from edgetx.parity import golden_feeds, to_markdown, verify
+from edgetx.verify.parity import golden_feeds, verify
+from edgetx.verify.report import to_markdown
 from edgetx.runtimes import GenerationConfig, Generator, Session, SessionOptions
-from edgetx.tolerances import tolerance_for
+from edgetx.verify.tolerances import tolerance_for
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +115,7 @@ def test_unknown_cpu_model_reports_qemu_error(backend, tiny_bundle_master):
 
 
 def test_ort_file_verifies_on_arm64(backend, tiny_bundle):
-    from edgetx.convert import to_ort
+    from edgetx.build.convert import to_ort
 
     to_ort(Bundle.load(tiny_bundle), ["int4"])
     (report,) = verify(Bundle.load(tiny_bundle), backend="arm64-ort", variants=["int4"])

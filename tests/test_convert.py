@@ -50,7 +50,7 @@ def test_ort_format_needs_the_files(tiny_bundle):
 
 
 def test_tampered_ort_file_is_caught(tiny_bundle):
-    from edgetx.convert import to_ort
+    from edgetx.build.convert import to_ort
 
     to_ort(Bundle.load(tiny_bundle), ["fp32"])
     path = tiny_bundle / "fp32" / "model.ort"
@@ -77,11 +77,11 @@ def test_add_files_is_all_or_nothing(tiny_bundle, tmp_path):
 
 
 def test_ort_format_runs_without_torch(tiny_bundle):
-    from edgetx.convert import to_ort
+    from edgetx.build.convert import to_ort
 
     to_ort(Bundle.load(tiny_bundle), ["fp32"])
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from edgetx.bundle import Bundle\nfrom edgetx.parity import verify\n"
+            "from edgetx.bundle import Bundle\nfrom edgetx.verify.parity import verify\n"
             f"(r,) = verify(Bundle.load({str(tiny_bundle)!r}), backend='ort-format', variants=['fp32'])\n"
             "assert r.passed, r.to_dict()\nprint('ok')")
     result = run_python(code)
@@ -123,7 +123,7 @@ def test_fixed_shape_copies(tiny_bundle):
 def test_fixed_shape_copy_of_an_fp16_variant(tiny_checkpoint, tmp_path):
     """float16 conversion leaves Cast nodes out of topological order; fixing shapes must still work."""
     from edgetx.build import build
-    from edgetx.fixed_shape import add_fixed
+    from edgetx.build.convert import add_fixed
 
     bundle = build(tiny_checkpoint, tmp_path / "b", optimize=False, quantize=("fp16",))
     result = add_fixed(bundle, {"batch": 1, "seq": 1, "past": 7}, ["fp16"])

@@ -14,9 +14,9 @@ from edgetx.build import build
 from edgetx.bundle import Bundle, sha256_file
 from edgetx.cli import main
 from edgetx.errors import EdgetxError
-from edgetx.explain import explain, explain_bundle, module_path
+from edgetx.verify.explain import explain, explain_bundle, module_path
 from edgetx.models.model import GPT, GPTConfig
-from edgetx.parity import golden_feeds
+from edgetx.verify.parity import golden_feeds
 from edgetx.runtimes import Session
 
 BLOCK = 1  # the block that gets the error, in a 3-block model

@@ -767,7 +767,7 @@ def test_onnx_walker_knows_every_string_and_message_field():
     """The wire-format walker's table matches onnx's own descriptors (fails when ONNX adds a field)."""
     import onnx
 
-    from edgetx.onnx_check import _ONNX_MESSAGES
+    from edgetx.bundle.onnx_check import _ONNX_MESSAGES
 
     skipped = {"DeviceConfigurationProto", "NodeDeviceConfigurationProto", "Segment", "IntIntListEntryProto"}
     for kind, fields in _ONNX_MESSAGES.items():

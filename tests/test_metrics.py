@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgetx import metrics
+from edgetx.verify import metrics
 
 
 def test_max_abs_and_rel():

@@ -6,7 +6,7 @@ BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"
 
 
 def test_runtime_imports_without_torch():
-    result = run_python(BLOCK_TORCH + "import edgetx.runtimes, edgetx.bundle, edgetx.parity, edgetx.cli\n"
+    result = run_python(BLOCK_TORCH + "import edgetx.runtimes, edgetx.bundle, edgetx.verify.parity, edgetx.cli\n"
                         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]")
     assert result.returncode == 0, result.stderr
 
@@ -14,7 +14,7 @@ def test_runtime_imports_without_torch():
 def test_generate_and_verify_without_torch(tiny_bundle_master):
     code = BLOCK_TORCH + f"""
 from edgetx.bundle import Bundle
-from edgetx.parity import verify
+from edgetx.verify.parity import verify
 from edgetx.runtimes import GenerationConfig, Generator, Session
 bundle = Bundle.load({str(tiny_bundle_master)!r})
 assert all(r.passed for r in verify(bundle))
@@ -35,7 +35,7 @@ def test_build_without_torch_says_what_to_install(tmp_path):
 def test_explain_onnx_vs_onnx_without_torch(tiny_bundle_master):
     code = BLOCK_TORCH + f"""
 from edgetx.bundle import Bundle
-from edgetx.explain import explain_bundle
+from edgetx.verify.explain import explain_bundle
 bundle = Bundle.load({str(tiny_bundle_master)!r})
 report = explain_bundle(bundle, "fp32", against="fp32")
 print(report.diverged, report.compared)

@@ -11,7 +11,8 @@ import pytest
 from conftest import backend_or_skip
 from edgetx.bundle import Bundle
 from edgetx.errors import BackendError
-from edgetx.parity import to_markdown, verify, verify_matrix
+from edgetx.verify.report import to_markdown
+from edgetx.verify.parity import verify, verify_matrix
 from edgetx.runtimes import SessionOptions
 
 pytestmark = pytest.mark.slow
@@ -69,7 +70,7 @@ def test_unprovisioned_root_says_how(tmp_path, monkeypatch):
 def test_whole_matrix_reports_unloadable_graphs_as_not_runnable(backend, tiny_bundle_master):
     """verify --all (no backend named): a fused graph OpenVINO cannot read is skipped with its reason,
     not counted as a wrong answer; named, the same graph is a failed row (above)."""
-    from edgetx.parity import available_backends
+    from edgetx.verify.parity import available_backends
 
     assert "openvino" in available_backends()
     reports = [r for r in verify_matrix(Bundle.load(tiny_bundle_master)) if r.backend == "openvino"]

@@ -9,7 +9,9 @@ from click.testing import CliRunner
 
 from edgetx.bundle import Bundle
 from edgetx.cli import main
-from edgetx.optimize import CANDIDATES, OrtFusions, PassResult, select_graph
+from edgetx.build.select import CANDIDATES, select_graph
+from edgetx.passes.ort_fusions import OrtFusions
+from edgetx.passes import PassResult
 
 
 class BreakWeights:

@@ -7,7 +7,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgetx.bundle import Bundle, sha256_file
-from edgetx.parity import verify
+from edgetx.verify.parity import verify
 
 
 def test_tiny_bundle_passes_all_checks(tiny_bundle_master):

@@ -49,7 +49,7 @@ def test_finite_masks_replaces_float_min_and_keeps_results():
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgetx.remedies import finite_masks, mask_constants
+    from edgetx.passes.finite_masks import finite_masks, mask_constants
 
     fill = numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "fill")
     zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
@@ -72,7 +72,7 @@ def test_finite_masks_replaces_float_min_and_keeps_results():
 
 
 def test_remedy_rules():
-    from edgetx.preflight import _remedy
+    from edgetx.verify.preflight import _remedy
 
     assert _remedy("com.microsoft.Attention", "P", True, True, "")[0] == "ort-fusions"
     assert _remedy("MatMulInteger", "P", True, True, "")[0] == "dynamic-int8"
@@ -85,7 +85,7 @@ def test_remedy_rules():
 def test_preflight_command_is_registered_and_refuses_backends_without_placement(tiny_bundle_master):
     from click.testing import CliRunner
 
-    from edgetx import cli_preflight  # noqa: F401  (registers the command until edgetx.cli imports it)
+    from edgetx.cli import preflight  # noqa: F401  (registers the command until edgetx.cli imports it)
     from edgetx.cli import main
 
     result = CliRunner().invoke(main, ["preflight", str(tiny_bundle_master), "--backend", "ort-cpu"])
@@ -93,7 +93,7 @@ def test_preflight_command_is_registered_and_refuses_backends_without_placement(
 
 
 def test_qdq_schemes_are_calibrated_static_int8():
-    from edgetx.quantize import CALIBRATED_METHODS, SCHEMES
+    from edgetx.quant.schemes import CALIBRATED_METHODS, SCHEMES
 
     for name in ("qdq-a8w8", "qdq-a16w8"):
         assert SCHEMES[name].method in CALIBRATED_METHODS and SCHEMES[name].precision == "int8"

@@ -12,7 +12,9 @@ import pytest
 from conftest import backend_or_skip
 from edgetx.bundle import Bundle
 from edgetx.errors import BackendError
-from edgetx.parity import FIXED_CHECK, to_markdown, verify, verify_matrix
+from edgetx.verify.fixed import FIXED_CHECK
+from edgetx.verify.report import to_markdown
+from edgetx.verify.parity import verify, verify_matrix
 from edgetx.runtimes import SessionOptions
 
 pytestmark = pytest.mark.slow
@@ -28,7 +30,7 @@ def backend():
 def qnn_bundle(backend, tiny_checkpoint, tmp_path_factory):
     """The tiny GPT built unfused with an A16W8 QDQ variant, plus fixed-shape copies of every variant."""
     from edgetx.build import build
-    from edgetx.fixed_shape import add_fixed
+    from edgetx.build.convert import add_fixed
 
     out = tmp_path_factory.mktemp("qnn") / "tiny-qdq"
     build(tiny_checkpoint, out, optimize=False, quantize=("qdq-a16w8",))
@@ -59,7 +61,7 @@ def test_variant_without_fixed_file_is_skipped_in_the_matrix(backend, tiny_bundl
 
 def test_preflight_reports_fallbacks_and_applies_fixed_shapes(backend, tiny_bundle):
     """The default (fused, dynamic) tiny bundle: contrib ops and dynamic shapes fall back, with remedies."""
-    from edgetx.preflight import preflight, to_markdown as preflight_markdown
+    from edgetx.verify.preflight import preflight, to_markdown as preflight_markdown
 
     bundle = Bundle.load(tiny_bundle)
     (before,) = preflight(bundle, "qnn", ["fp32"])

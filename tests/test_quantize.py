@@ -9,8 +9,9 @@ from click.testing import CliRunner
 from edgetx.bundle import Bundle
 from edgetx.cli import main
 from edgetx.errors import InputError
-from edgetx.gates import calibration_feeds
-from edgetx.quantize import SCHEMES, apply, small_constant_matmuls, weight_matmuls
+from edgetx.quant.gates import calibration_feeds
+from edgetx.quant.schemes import SCHEMES
+from edgetx.quant.apply import apply, small_constant_matmuls, weight_matmuls
 
 
 def _bundle_data(path):
@@ -107,9 +108,10 @@ def _snap_to_q4_1_grid(src, dst):
 
 def test_int4_grid_is_exact_on_grid_weights(tiny_bundle_master, tmp_path):
     from edgetx.bundle import Bundle
-    from edgetx.grid_int4 import apply_grid
-    from edgetx.parity import golden_feeds
-    from edgetx.quantize import NotApplicable, SCHEMES, apply
+    from edgetx.quant.grid import apply_grid
+    from edgetx.verify.parity import golden_feeds
+    from edgetx.quant.schemes import NotApplicable, SCHEMES
+    from edgetx.quant.apply import apply
     from edgetx.runtimes import SessionOptions, get_backend
     from edgetx.runtimes.session import Session
 
@@ -163,7 +165,7 @@ def test_int4_grid_packs_shared_inputs_and_a8_takes_a_q8_0_head(tmp_path):
     import onnx
     from onnx import helper
 
-    from edgetx.grid_int4 import apply_grid
+    from edgetx.quant.grid import apply_grid
     from edgetx.runtimes import SessionOptions, get_backend
 
     rng = np.random.default_rng(0)
@@ -263,7 +265,7 @@ def test_int8_is_signed_7bit_dynamic_on_the_rewritten_graph(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgetx.quantize import prepare_int8_graph
+    from edgetx.quant.apply import prepare_int8_graph
 
     src, feeds = _tiny_fused_encoder(tmp_path / "fp32.onnx"), _encoder_batch(1)
     s = SCHEMES["int8"]
@@ -305,9 +307,9 @@ def test_int8_outliers_is_calibrated_and_gated(tmp_path, monkeypatch):
 
     import onnx
 
-    from edgetx import gates
-    from edgetx.gates import quantize_gated
-    from edgetx.quantize import quantize_file
+    from edgetx.quant import gates
+    from edgetx.quant.gates import quantize_gated
+    from edgetx.quant.apply import quantize_file
 
     src = _tiny_fused_encoder(tmp_path / "fp32.onnx")
     with pytest.raises(InputError, match="needs calibration data"):

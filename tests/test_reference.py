@@ -7,7 +7,7 @@ import pytest
 from conftest import run_python
 from edgetx.bundle import Bundle
 from edgetx.models.train import DEFAULT_CHECKPOINT, load_checkpoint
-from edgetx.parity import verify
+from edgetx.verify.parity import verify
 
 LOG = json.loads((DEFAULT_CHECKPOINT / "train_log.json").read_text())
 
@@ -74,8 +74,8 @@ TWO_BIT = {"bits": 2, "block_size": 32, "symmetric": False, "algorithm": "rtn", 
 def test_a_scheme_that_misses_its_gate_is_not_written(reference_bundle, tmp_path):
     import numpy as np
 
-    from edgetx.gates import quantize_gated
-    from edgetx.quantize import Scheme
+    from edgetx.quant.gates import quantize_gated
+    from edgetx.quant.schemes import Scheme
 
     data = dict(np.load(reference_bundle.file("quant.npz")))
     bad = Scheme("two-bit", "int8", "weight-only", TWO_BIT)  # 2-bit weights held to the int8 gate
@@ -90,8 +90,8 @@ def test_a_scheme_that_misses_its_gate_is_not_written(reference_bundle, tmp_path
 def test_mixed_precision_keeps_the_most_damaging_nodes_in_fp32(reference_bundle, tmp_path):
     import numpy as np
 
-    from edgetx.gates import quantize_gated
-    from edgetx.quantize import Scheme
+    from edgetx.quant.gates import quantize_gated
+    from edgetx.quant.schemes import Scheme
 
     data = dict(np.load(reference_bundle.file("quant.npz")))
     harsh = Scheme("two-bit", "int4", "weight-only", TWO_BIT)  # misses the int4 gate (KL <= 0.05) alone

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from edgetx.bundle import Bundle
 from edgetx.cli import main
-from edgetx.report import Point, mark_pareto
-from edgetx.roofline import measure_read_bandwidth, weight_bytes_per_token
+from edgetx.measure.report import Point, mark_pareto
+from edgetx.measure.roofline import measure_read_bandwidth, weight_bytes_per_token
 
 
 def _point(name: str, accuracy: float, latency: float) -> Point:

@@ -16,7 +16,8 @@ import pytest
 from conftest import backend_or_skip
 from edgetx.bundle import Bundle
 from edgetx.errors import BackendError
-from edgetx.parity import to_markdown, verify
+from edgetx.verify.report import to_markdown
+from edgetx.verify.parity import verify
 from edgetx.runtimes import GenerationConfig, Generator, Session, SessionOptions, get_backend
 from edgetx.runtimes import web_backend
 from edgetx.runtimes.feeds import causal_feeds
@@ -132,7 +133,7 @@ def test_unprovisioned_root_gives_an_actionable_reason(tmp_path, monkeypatch):
 
 
 def test_ort_files_verify_on_web(web, tiny_bundle):
-    from edgetx.convert import to_ort
+    from edgetx.build.convert import to_ort
 
     to_ort(Bundle.load(tiny_bundle))
     reports = verify(Bundle.load(tiny_bundle), backend="web-ort")

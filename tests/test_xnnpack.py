@@ -12,7 +12,9 @@ import pytest
 from conftest import backend_or_skip
 from edgetx.bundle import Bundle
 from edgetx.errors import BackendError
-from edgetx.parity import FIXED_CHECK, to_markdown, verify
+from edgetx.verify.fixed import FIXED_CHECK
+from edgetx.verify.report import to_markdown
+from edgetx.verify.parity import verify
 from edgetx.runtimes import SessionOptions
 
 pytestmark = pytest.mark.slow
@@ -24,7 +26,7 @@ def backend():
 
 
 def test_fixed_fp32_and_int4_agree_with_ort_cpu(backend, tiny_bundle):
-    from edgetx.fixed_shape import add_fixed
+    from edgetx.build.convert import add_fixed
 
     bundle = Bundle.load(tiny_bundle)
     add_fixed(bundle, {"batch": 1, "seq": 1, "past": 15}, ["fp32", "int4"])

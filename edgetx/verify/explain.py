@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetx import metrics
+from edgetx.verify import metrics
 from edgetx.errors import EdgetxError
 from edgetx.runtimes.base import SessionOptions, get_backend
-from edgetx.tolerances import INTERMEDIATE_REL_TOL
+from edgetx.verify.tolerances import INTERMEDIATE_REL_TOL
 
 _BLOCK = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block)\.(\d+)(?:\.|$)")
 _FLOAT_TYPES = {1, 10, 11, 16}  # float, float16, double, bfloat16
@@ -206,7 +206,7 @@ def explain_bundle(bundle, variant: str = "fp32", against: str | None = None, ba
     model named in the provenance; needs torch). Default: the fp32 variant for other variants,
     the same variant on `against_backend` when one is given, else PyTorch.
     """
-    from edgetx.parity import golden_feeds
+    from edgetx.verify.parity import golden_feeds
     from edgetx.runtimes.session import Session
 
     session = Session(bundle, variant=variant, backend=backend)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.errors import EdgetxError
-from edgetx.int8_graph import drop_dead
+from edgetx.passes.cpu_kernels import drop_dead
 
 BLOCK = 32
 LEVELS = 16

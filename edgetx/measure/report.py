@@ -220,7 +220,7 @@ def write_report(bundle: Bundle, out_dir: Path | None = None, backend: str = "or
 
 def _bench_missing(bundle: Bundle, backend: str, threads: str | None) -> None:
     """Bench the variants that have no stored result at the wanted thread setting, and store them."""
-    from edgetx.bench import BenchConfig, bench
+    from edgetx.measure.bench import BenchConfig, bench
 
     setting = threads or "default"
     have = {r["variant"] for r in (bundle.manifest.get("bench") or {}).values()

@@ -1,5 +1,5 @@
 """`edgetx preflight`: will a bundle run on a backend, where do its nodes go, and what to change.
-Registered on the `edgetx` group defined in edgetx.cli."""
+Registered on the `edgetx` group of edgetx.cli.app."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgetx.bundle import to_json
-from edgetx.cli import main
-from edgetx.tables import console
+from edgetx.cli.app import main
+from edgetx.cli.render import console
 
 
 @main.command()
@@ -39,9 +39,9 @@ def preflight(bundle: Path, backend: str, variants: tuple[str, ...], apply_: boo
       edgetx preflight dist/edgetx-gpt --backend xnnpack --markdown > preflight.md
     """
     from edgetx.bundle import Bundle
-    from edgetx.fixed_shape import parse_dims
-    from edgetx.preflight import preflight as run_preflight
-    from edgetx.preflight import to_markdown
+    from edgetx.build.convert import parse_dims
+    from edgetx.verify.preflight import preflight as run_preflight
+    from edgetx.verify.preflight import to_markdown
 
     loaded = Bundle.load(bundle)
     dims = parse_dims(shape, loaded.io) if shape else None

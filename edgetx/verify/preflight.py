@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetx import metrics
+from edgetx.verify import metrics
 from edgetx.bundle import Bundle
 from edgetx.errors import BackendError, EdgetxError, InputError
+from edgetx.verify.fixed import FIXED_FORMAT
 
-FIXED_FORMAT = "onnx-fixed"
 DEFAULT_DIMS = {"encoder": "batch=1,seq=128", "causal-lm": "batch=1,seq=1,past=127"}
 # onnxruntime's CPU-oriented fusions (edgetx build's optimize stage): contrib ops other backends lack.
 ORT_FUSIONS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization",
@@ -122,8 +122,8 @@ def _remedy(op: str, provider: str, shapes_fixed: bool, needs_fixed: bool, reaso
 
 
 def _compare(bundle: Bundle, plugin, variant, want: dict, got: dict) -> dict:
-    from edgetx.fixed_shape import _agrees
-    from edgetx.parity import _backend_tolerance
+    from edgetx.verify.fixed import _agrees
+    from edgetx.verify.parity import _backend_tolerance
 
     tolerance, note = _backend_tolerance(plugin, variant.precision,
                                          bundle.manifest["variants"][variant.name].get("tolerance"))
@@ -139,9 +139,9 @@ def _compare(bundle: Bundle, plugin, variant, want: dict, got: dict) -> dict:
 def check_variant(bundle: Bundle, backend: str, name: str) -> VariantPreflight:
     """Load, place and run one variant on `backend` (the file its model_format names, else the
     dynamic file); list the problems with their remedies. Nothing is changed."""
-    from edgetx.fixed_shape import fixed_feeds
-    from edgetx.parity import golden_feeds
-    from edgetx.remedies import mask_constants
+    from edgetx.verify.fixed import fixed_feeds
+    from edgetx.verify.parity import golden_feeds
+    from edgetx.passes.finite_masks import mask_constants
     from edgetx.runtimes.base import SessionOptions, get_backend
     from edgetx.runtimes.session import Session
     from edgetx.runtimes.vendor import summarize_placement
@@ -175,7 +175,7 @@ def check_variant(bundle: Bundle, backend: str, name: str) -> VariantPreflight:
         result.problems.append(Problem(
             "mask", f"mask fill values of -inf / float32 min ({where}): in fp16 they are -inf (0 x -inf = NaN) and "
             "static QDQ calibration of them gives infinite scales",
-            "replace them by a finite -1e4 (edgetx.remedies.finite_masks): `edgetx preflight ... --apply` writes "
+            "replace them by a finite -1e4 (edgetx.passes.finite_masks): `edgetx preflight ... --apply` writes "
             "fixed copies with finite masks; the qdq-* schemes do it before calibrating", safe=True))
 
     reference = Session(bundle, variant=name, backend="ort-cpu", verify_hashes=False)
@@ -248,8 +248,8 @@ def preflight(bundle: Bundle, backend: str, variants: list[str] | None = None, d
               apply: bool = False, progress=lambda _: None) -> list[VariantPreflight]:
     """check_variant for each (or the named) variant; with `apply`, first add the safe remedies
     (fixed-shape copies at `dims`, with finite masks where the check found mask problems)."""
-    from edgetx.fixed_shape import add_fixed, parse_dims
-    from edgetx.remedies import finite_masks
+    from edgetx.build.convert import add_fixed, parse_dims
+    from edgetx.passes.finite_masks import finite_masks
 
     names = variants or list(bundle.variants)
     unknown = [n for n in names if n not in bundle.variants]

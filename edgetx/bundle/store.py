@@ -7,71 +7,31 @@
       golden.npz           PyTorch's answers on held-out text, captured at export
 
 Loading validates the schema, every file's sha256 and the structure of every ONNX file (before
-any runtime parses it); writing is atomic (a temporary folder beside the target, renamed into
-place), so an interrupted build leaves no bundle behind.
-Needs only the standard library and numpy: it is part of the torch-free runtime path.
+any runtime parses it). Needs only the standard library and numpy: it is part of the torch-free
+runtime path.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import shutil
-import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from edgetx.bundle.files import MANIFEST, check_relative, sha256_file, to_json
+from edgetx.bundle.npz import read_npz
+from edgetx.bundle.onnx_check import OnnxCheck
 from edgetx.errors import BundleError
-from edgetx.onnx_check import OnnxCheck
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 _REQUIRED = {"schema_version": int, "model": dict, "io": dict, "variants": dict, "files": dict,
              "golden": dict, "provenance": dict}
 
-
-def _finite(value: Any) -> Any:
-    """`value` with every NaN or infinite float replaced by None (strict JSON has neither)."""
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def to_json(value: Any, indent: int | None = 2) -> str:
-    """Strict JSON (no NaN/Infinity, which JavaScript and jq reject): non-finite numbers become null."""
-    return json.dumps(_finite(value), indent=indent, allow_nan=False)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check_relative(root: Path, rel: str, where: str) -> Path:
-    """Resolve a manifest path, refusing anything that would leave the bundle folder."""
-    pure = PurePosixPath(rel)
-    if not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel:
-        raise BundleError(f"{root / MANIFEST}: {where} has path {rel!r}; bundle paths must be relative "
-                          "and stay inside the bundle folder")
-    path = root / pure
-    if not path.resolve().is_relative_to(root.resolve()):
-        raise BundleError(f"{root / MANIFEST}: {where} path {rel!r} resolves outside the bundle "
-                          "(a symlink?); refusing to load it")
-    return path
 
 
 @dataclass(frozen=True)
@@ -149,7 +109,7 @@ class Bundle:
     def _validate_files(self, verify_hashes: bool) -> None:
         files = self.manifest["files"]
         for rel, entry in files.items():
-            path = _check_relative(self.path, rel, f"files[{rel!r}]")
+            path = check_relative(self.path, rel, f"files[{rel!r}]")
             if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
                 raise BundleError(f"{self.path / MANIFEST}: files[{rel!r}] needs a 'sha256' string")
             if not path.is_file():
@@ -207,7 +167,7 @@ class Bundle:
         return variants[name]
 
     def file(self, rel: str) -> Path:
-        return _check_relative(self.path, rel, "file")
+        return check_relative(self.path, rel, "file")
 
     def update_manifest(self, key: str, value: Any) -> None:
         """Set one top-level field that describes the bundle without changing its files (e.g. bench
@@ -227,7 +187,7 @@ class Bundle:
         bundle as it was (plus stray files that the next run overwrites)."""
         manifest = json.loads(json.dumps(self.manifest))
         for rel, source in new_files.items():
-            target = _check_relative(self.path, rel, "new file")
+            target = check_relative(self.path, rel, "new file")
             target.parent.mkdir(parents=True, exist_ok=True)
             staged = target.with_name(target.name + f".{os.getpid()}.partial")
             shutil.move(str(source), staged)
@@ -249,102 +209,6 @@ class Bundle:
         return read_npz(self.file(rel))
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz file, without pickle; each array's header is checked against the size
-    of its data first, so a damaged or hostile header cannot ask for a huge allocation."""
-    fix = "rebuild the bundle (or re-copy it if it was damaged in transit)"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                if info.file_size > 1000 * max(info.compress_size, 1) + (1 << 20):
-                    raise BundleError(f"{path}: member {info.filename!r} would expand {info.compress_size} bytes "
-                                      f"to {info.file_size} (a zip bomb?); {fix}")
-                with archive.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    if version not in ((1, 0), (2, 0)):
-                        raise BundleError(f"{path}: member {info.filename!r} is .npy format {version}; "
-                                          "edgetx reads versions 1.0 and 2.0")
-                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
-                        else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read_header(f)
-                    if dtype.hasobject:
-                        raise BundleError(f"{path}: member {info.filename!r} holds Python objects (pickle); "
-                                          "edgetx never loads pickle")
-                    need = math.prod(shape) * dtype.itemsize + f.tell()
-                    if need != info.file_size:
-                        raise BundleError(f"{path}: member {info.filename!r} declares shape {shape} of {dtype} "
-                                          f"({need} bytes with its header) but holds {info.file_size}; {fix}")
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except BundleError:
-        raise
-    except Exception as e:  # numpy's and zipfile's parsers raise a dozen types (ValueError, TokenError, ...)
-        raise BundleError(f"{path}: not a readable .npz file ({type(e).__name__}: {e}); {fix}") from None
-
-
-class BundleWriter:
-    """Builds a bundle in a temporary folder beside `target`; `commit()` moves it into place.
-
-    Used as a context manager: leaving the block without `commit()` (an error, Ctrl-C)
-    removes the temporary folder, so no half-written bundle is ever at `target`.
-    """
-
-    def __init__(self, target: str | os.PathLike, overwrite: bool = False):
-        self.target = Path(target).absolute()
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        _recover_abandoned(self.target)  # first: it may put back a bundle a killed build had moved aside
-        if self.target.exists() and not overwrite:
-            raise BundleError(f"{self.target} already exists; pass --force (overwrite=True) to replace it")
-        self.overwrite = overwrite
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.{os.getpid()}.", suffix=".partial",
-                                         dir=self.target.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it 0700: apps of other users must read bundles
-
-    def __enter__(self) -> "BundleWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def path(self, rel: str) -> Path:
-        """Where to write `rel` inside the bundle being built (parents created)."""
-        path = _check_relative(self.tmp, rel, "writer")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def save_arrays(self, rel: str, arrays: dict[str, np.ndarray]) -> Path:
-        path = self.path(rel)
-        np.savez(path, **arrays)
-        return path
-
-    def commit(self, manifest: dict[str, Any]) -> Path:
-        """Hash every file, write the manifest last, then rename the folder into place."""
-        files = {}
-        for path in sorted(p for p in self.tmp.rglob("*") if p.is_file()):
-            rel = path.relative_to(self.tmp).as_posix()
-            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = {"schema_version": SCHEMA_VERSION, **manifest, "files": files}
-        for name, variant in manifest.get("variants", {}).items():
-            if variant.get("file") not in files:
-                raise BundleError(f"variant {name!r}: its file {variant.get('file')!r} was not written")
-            variant.update(files[variant["file"]])  # each variant states its own sha256 and size too
-        tmp_manifest = self.tmp / (MANIFEST + ".tmp")
-        tmp_manifest.write_text(to_json(manifest) + "\n")
-        os.replace(tmp_manifest, self.tmp / MANIFEST)
-        _fsync_tree(self.tmp)
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-            os.replace(self.tmp, self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.target)
-        return self.target
-
-
 def _identity(path: Path) -> tuple[int, int] | None:
     """Which file is at `path` now (inode, modification time), or None if none is."""
     try:
@@ -353,41 +217,3 @@ def _identity(path: Path) -> tuple[int, int] | None:
         return None
     return stat.st_ino, stat.st_mtime_ns
 
-
-def _recover_abandoned(target: Path) -> None:
-    """Clean up after builds of `target` whose process is gone (killed): delete their temporary
-    folders, and if one died between moving the old bundle aside and moving its own into place
-    (so that nothing is at `target`), move the old bundle back."""
-    prefix = f".{target.name}."
-    for leftover in sorted(p for p in target.parent.iterdir() if p.name.startswith(prefix)):
-        rest = leftover.name[len(prefix):]
-        if rest.startswith("old-"):
-            pid = rest[len("old-"):]
-        elif rest.endswith(".partial"):
-            pid = rest.split(".", 1)[0]
-        else:
-            continue
-        if not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        if rest.startswith("old-") and not target.exists():
-            os.replace(leftover, target)
-        else:
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush file contents before the rename makes the bundle visible."""
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())

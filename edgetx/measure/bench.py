@@ -19,7 +19,7 @@ import numpy as np
 
 from edgetx.bundle import Bundle
 from edgetx.errors import InputError
-from edgetx.roofline import decode_bounds, measure_read_bandwidth
+from edgetx.measure.roofline import decode_bounds, measure_read_bandwidth
 from edgetx.runtimes.feeds import causal_feeds, empty_cache, next_cache
 from edgetx.runtimes.session import Session
 
@@ -117,7 +117,7 @@ def bench(bundle: Bundle, variants: list[str] | None = None, backend: str = "ort
           threads: tuple[int | None, ...] = (None,), cfg: BenchConfig | None = None,
           memory_bound: bool = True) -> list[dict]:
     """One result per variant x thread count. Decoder results also get `memory_bound`: the decode
-    step time against this machine's measured read bandwidth (see edgetx.roofline)."""
+    step time against this machine's measured read bandwidth (see edgetx.measure.roofline)."""
     cfg = cfg or BenchConfig()
     results = []
     for name in variants or list(bundle.variants):

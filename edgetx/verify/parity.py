@@ -23,76 +23,19 @@ variants are judged by that precision's tolerance. Backends whose sessions repor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import numpy as np
 
-from edgetx import metrics
+from edgetx.verify import metrics
 from edgetx.bundle import Bundle
 from edgetx.errors import BackendError, BundleError
 from edgetx.runtimes.base import get_backend, list_backends
 from edgetx.runtimes.feeds import causal_feeds, empty_cache, encoder_feeds, next_cache
 from edgetx.runtimes.pooling import pool
 from edgetx.runtimes.session import Session
-from edgetx.tolerances import QUANTIZED, Tolerance, from_spread, tolerance_for
+from edgetx.verify.fixed import verify_fixed_shape
+from edgetx.verify.report import Check, ParityReport
+from edgetx.verify.tolerances import QUANTIZED, Tolerance, from_spread, tolerance_for
 
-
-@dataclass
-class Check:
-    name: str
-    passed: bool
-    max_abs: float | None = None
-    detail: str = ""
-    tokens: list[int] | None = None  # greedy decode: [steps agreeing with PyTorch, steps]
-
-
-@dataclass
-class ParityReport:
-    variant: str
-    backend: str
-    precision: str
-    tolerance: dict
-    checks: list[Check] = field(default_factory=list)
-    skipped: str = ""  # why this variant was not run on this backend (e.g. it has no file in the backend's format)
-    placement: dict | None = None  # where its nodes ran, for backends that report it (runtimes.vendor)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-    @property
-    def max_abs(self) -> float:
-        return max((c.max_abs for c in self.checks if c.max_abs is not None), default=0.0)
-
-    def to_dict(self) -> dict:
-        return {"variant": self.variant, "backend": self.backend, "precision": self.precision,
-                "passed": self.passed, "max_abs": self.max_abs, "tolerance": self.tolerance,
-                "checks": [asdict(c) for c in self.checks], "skipped": self.skipped,
-                **({"placement": self.placement} if self.placement else {})}
-
-
-def to_markdown(reports: list[ParityReport | dict]) -> str:
-    """A compact markdown table of parity reports (one row per check)."""
-    lines = ["| variant | backend | check | max abs diff | tolerance | detail | result |", "|---|---|---|---|---|---|---|"]
-    for report in reports:
-        r = report.to_dict() if isinstance(report, ParityReport) else report
-        for c in r["checks"]:
-            diff = "-" if c["max_abs"] is None else f"{c['max_abs']:.2e}"
-            tol = r["tolerance"]
-            encoder = any(check["name"] == "embeddings" for check in r["checks"])
-            label = (f"{tol['max_abs']:.1e}" if tol.get("max_kld") is None else
-                     f"cos>={tol['min_cosine']:g}" if encoder else f"KL<={tol['max_kld']:g}")
-            lines.append(f"| {r['variant']} | {r['backend']} | {c['name']} | {diff} | {label} "
-                         f"| {c['detail']} | {'pass' if c['passed'] else 'FAIL'} |")
-        if r.get("placement"):
-            lines.append(f"| {r['variant']} | {r['backend']} | placement | - | - | {placement_text(r['placement'])} | - |")
-    return "\n".join(lines) + "\n"
-
-
-def placement_text(summary: dict | None) -> str:
-    from edgetx.runtimes.vendor import placement_text as text
-
-    return text(summary)
 
 
 def golden_feeds(session: Session, golden: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -203,7 +146,7 @@ def _primary_output(session: Session, golden: dict[str, np.ndarray]) -> tuple[np
 
 def measure_fp32_tolerance(bundle: Bundle, variant: str = "fp32") -> Tolerance:
     """Measure the spread between PyTorch and onnxruntime CPU across kernel configurations,
-    and turn it into the variant's budget (see edgetx.tolerances)."""
+    and turn it into the variant's budget (see edgetx.verify.tolerances)."""
     golden = bundle.golden()
     spread = 0.0
     for options in SPREAD_CONFIGURATIONS.values():
@@ -211,9 +154,6 @@ def measure_fp32_tolerance(bundle: Bundle, variant: str = "fp32") -> Tolerance:
         spread = max(spread, metrics.max_abs(*_primary_output(session, golden)))
     return from_spread("fp32", spread, list(SPREAD_CONFIGURATIONS))
 
-
-FIXED_CHECK = "vs ort-cpu at fixed dims"
-FIXED_SAMPLES = 3  # inputs per fixed-shape check (the golden text, shifted)
 
 
 def _backend_tolerance(plugin, precision: str, recorded: dict | None) -> tuple[Tolerance, str]:
@@ -225,52 +165,12 @@ def _backend_tolerance(plugin, precision: str, recorded: dict | None) -> tuple[T
     return tolerance, ""
 
 
-def _fixed_samples(bundle: Bundle, reference: Session, dims: dict[str, int], count: int) -> list[dict[str, np.ndarray]]:
-    """`count` inputs of exactly `dims` from the golden text (the first as fixed_shape.fixed_feeds builds it)."""
-    from edgetx.fixed_shape import fixed_feeds
-
-    samples = [fixed_feeds(bundle, reference, dims)]
-    golden = bundle.golden()
-    batch, seq, past = dims["batch"], dims["seq"], dims.get("past", 0)
-    for shift in range(1, count):
-        if bundle.model.get("kind") == "encoder":
-            sample = dict(samples[0])
-            sample["input_ids"] = np.roll(samples[0]["input_ids"], 7 * shift, axis=1)
-        else:
-            rows = np.tile(np.roll(np.resize(golden["prefill.input_ids"][0], past + seq), 7 * shift), (batch, 1))
-            cache = empty_cache(reference.inputs, batch)
-            if past:
-                cache = next_cache(reference.run(causal_feeds(reference.inputs, rows[:, :past].astype(np.int64))), cache)
-            sample = causal_feeds(reference.inputs, rows[:, past:].astype(np.int64), cache=cache)
-        samples.append(sample)
-    return samples
-
-
-def verify_fixed_shape(bundle: Bundle, session: Session, tolerance: Tolerance, dims: dict[str, int],
-                       threads: int | None = None, note: str = "") -> list[Check]:
-    """The backend's run of the variant's fixed file vs ort-cpu running its dynamic file, on the same
-    inputs at `dims`, under the variant's tolerance (see the module docstring)."""
-    from edgetx.fixed_shape import _agrees
-
-    reference = Session(bundle, variant=session.variant.name, backend="ort-cpu", threads=threads)
-    samples = _fixed_samples(bundle, reference, dims, FIXED_SAMPLES)
-    wants = [reference.run(feeds) for feeds in samples]
-    gots = [session.run(feeds) for feeds in samples]
-    want = {k: np.concatenate([w[k] for w in wants]) for k in wants[0]}
-    got = {k: np.concatenate([g[k] for g in gots]) for k in wants[0]}
-    finite = all(np.isfinite(v).all() for v in got.values())
-    diff = max(metrics.max_abs(want[k], got[k]) for k in want) if finite else float("inf")
-    ok, detail = _agrees(bundle.model.get("kind"), tolerance, want, got, diff) if finite else \
-        (False, "the backend returned NaN or inf")
-    shape = ",".join(f"{k}={v}" for k, v in dims.items())
-    return [Check(FIXED_CHECK, bool(ok), diff, f"{shape}, {len(samples)} inputs: {detail}{note}")]
-
 
 def verify(bundle: Bundle, backend: str = "ort-cpu", variants: list[str] | None = None,
            threads: int | None = None) -> list[ParityReport]:
     """Check every (or the named) variant of `bundle` on `backend` against its golden I/O (or, for a
     backend that loads fixed-shape files, against ort-cpu at the bundle's fixed dims)."""
-    from edgetx.fixed_shape import FIXED_FORMAT
+    from edgetx.verify.fixed import FIXED_FORMAT
 
     kind = bundle.model.get("kind")
     if kind not in _CHECKS:

@@ -21,7 +21,7 @@ from pathlib import Path
 from edgetx import __version__
 from edgetx.bundle import Bundle, BundleWriter
 from edgetx.errors import EdgetxError
-from edgetx.quantize import DEFAULT_SCHEMES
+from edgetx.quant.schemes import DEFAULT_SCHEMES
 
 OPSET = 18
 
@@ -73,7 +73,7 @@ def _optimize_fp32(provisional: Bundle, writer: BundleWriter) -> dict:
     """Select the fp32 graph by measurement and put the winner at fp32/model.onnx."""
     import onnx_ir as ir
 
-    from edgetx.optimize import select_graph
+    from edgetx.build.select import select_graph
 
     def write(name: str, model) -> str:
         rel = f"candidates/{name}/model.onnx"
@@ -91,12 +91,12 @@ def _optimize_fp32(provisional: Bundle, writer: BundleWriter) -> dict:
 
 def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict, source, schemes, stage) -> None:
     """Add a gated variant per scheme; record every attempt (passed or not) in the manifest."""
-    from edgetx.gates import quantize_gated
-    from edgetx.optimize import time_session
-    from edgetx.parity import verify
+    from edgetx.quant.gates import quantize_gated
+    from edgetx.build.select import time_session
+    from edgetx.verify.parity import verify
     from edgetx.runtimes.session import Session
-    from edgetx.quantize import NotApplicable, scheme
-    from edgetx.tolerances import QUANTIZED
+    from edgetx.quant.schemes import NotApplicable, scheme
+    from edgetx.verify.tolerances import QUANTIZED
 
     data = source.quant_data()
     writer.save_arrays("quant.npz", data)
@@ -142,9 +142,9 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
     """
     _require_export_extra()
     from edgetx.exporters.source import load_source
-    from edgetx.logits_to_keep import INPUT_SPEC as LOGITS_TO_KEEP
-    from edgetx.logits_to_keep import add_logits_to_keep
-    from edgetx.parity import measure_fp32_tolerance, verify
+    from edgetx.passes.logits_to_keep import INPUT_SPEC as LOGITS_TO_KEEP
+    from edgetx.passes.logits_to_keep import add_logits_to_keep
+    from edgetx.verify.parity import measure_fp32_tolerance, verify
 
     with BundleWriter(out, overwrite=force) as writer:
         with stage("load model"):
@@ -214,8 +214,8 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
 
 
 def _add_ort(bundle: Bundle) -> None:
-    from edgetx.convert import mobile_report, to_ort
-    from edgetx.parity import verify
+    from edgetx.build.convert import mobile_report, to_ort
+    from edgetx.verify.parity import verify
 
     to_ort(bundle)
     mobile_report(bundle)

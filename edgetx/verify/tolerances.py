@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edgetx import metrics
+from edgetx.verify import metrics
 
 FP32_SPREAD_FACTOR = 10.0
 FP32_FLOOR = 1e-5  # below this, float32 rounding of logits of magnitude ~10 is already visible

@@ -16,9 +16,8 @@ from collections.abc import Container, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from edgetx.bundle.files import MANIFEST
 from edgetx.errors import BundleError
-
-MANIFEST = "manifest.json"
 
 # Cost: ~6 ms for the reference GPT, ~70 ms for SmolLM2-135M's 650 MB (hashing it takes 530 ms), so the
 # check runs on every load, the trusted `verify_hashes=False` one included.

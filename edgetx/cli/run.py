@@ -1,0 +1,94 @@
+"""Running a bundle: `edgetx generate` (decoders) and `edgetx embed` (encoders)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from edgetx.cli.app import main
+from edgetx.cli.render import console
+from edgetx.errors import EdgetxError
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--prompt", "-p", required=True, help="Text to continue.")
+@click.option("--max-tokens", "-n", default=128, show_default=True, help="New tokens to generate at most.")
+@click.option("--temperature", "-t", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens.")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold.")
+@click.option("--seed", type=int, default=None, help="Random seed for sampling.")
+@click.option("--stop", multiple=True, help="Stop when this text appears (repeatable; not printed).")
+@click.option("--chat", is_flag=True, help="Wrap the prompt as a user message with the bundle's chat template.")
+@click.option("--variant", default="fp32", show_default=True)
+@click.option("--backend", default="ort-cpu", show_default=True)
+@click.option("--threads", type=int, default=None)
+def generate(bundle: Path, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
+             top_p: float | None, seed: int | None, stop: tuple[str, ...], chat: bool, variant: str, backend: str,
+             threads: int | None) -> None:
+    """Generate text from BUNDLE, streaming it to stdout.
+
+    \b
+    Examples:
+      edgetx generate dist/edgetx-gpt --prompt "import os" -n 200
+      edgetx generate dist/edgetx-gpt -p "def " -t 0.8 --top-p 0.95 --seed 1 --stop $'\\n\\n'
+      edgetx generate dist/smollm2 --chat -p "What is the capital of France?"
+    """
+    from edgetx.runtimes import GenerationConfig, Generator, Session
+    from edgetx.runtimes.tokenizer import apply_chat_template
+
+    session = Session(bundle, variant=variant, backend=backend, threads=threads)
+    generator = Generator(session)
+    config = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                              seed=seed, stop=tuple(s.encode() for s in stop))
+    text = apply_chat_template(session.bundle.manifest["tokenizer"], [{"role": "user", "content": prompt}]) \
+        if chat else prompt
+    out = sys.stdout
+    if not chat:
+        out.write(prompt)
+    for piece in generator.stream(text, config):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    console.print(f"[dim]{variant} on {backend}: {generator.stats.summary()}; "
+                  f"stopped by {generator.finish_reason}[/]")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option("--file", "text_file", type=click.File("r"), help="Read texts from this file, one per line ('-' = stdin).")
+@click.option("--npy", type=click.Path(path_type=Path), help="Write the vectors to this .npy file instead of JSON.")
+@click.option("--variant", default="fp32", show_default=True)
+@click.option("--backend", default="ort-cpu", show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+def embed(bundle: Path, texts: tuple[str, ...], text_file, npy: Path | None, variant: str, backend: str,
+          batch_size: int) -> None:
+    """Sentence embeddings from an encoder BUNDLE: JSON on stdout, or a .npy file.
+
+    \b
+    Examples:
+      edgetx embed dist/minilm "A cat sits on the mat." "A dog plays in the park."
+      edgetx embed dist/minilm --file sentences.txt --npy vectors.npy
+    """
+    from edgetx.runtimes import Session
+
+    items = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
+    if not items:
+        raise EdgetxError("no texts given: pass them as arguments or with --file")
+    session = Session(bundle, variant=variant, backend=backend)
+    vectors = session.embed(items, batch_size=batch_size)
+    if npy:
+        tmp = npy.with_name(npy.name + ".partial")
+        with open(tmp, "wb") as f:
+            np.save(f, vectors)
+        tmp.replace(npy)
+        console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {npy}")
+    else:
+        click.echo(json.dumps([{"text": t, "embedding": [round(float(x), 7) for x in v]}
+                               for t, v in zip(items, vectors)]))
+

@@ -1,0 +1,112 @@
+"""Quantization schemes: a name, the precision whose gate it must pass, the method and its options.
+
+
+All of them are onnxruntime.quantization underneath:
+- `int8`: dynamic int8 (DynamicQuantizeLinear + MatMulInteger, fused by onnxruntime at load into
+  DynamicQuantizeMatMul), signed 7-bit weights per output channel (QInt8, reduce_range), on a graph
+  rewritten first so the int8 kernels get the work (edgetx.quant.outliers and edgetx.passes.cpu_kernels: the fused Attention's Q/K/V
+  projection becomes a plain MatMul, SkipLayerNormalization becomes Add + LayerNormalization);
+- `int8-outliers`: `int8` plus calibrated handling of activation outlier channels (SmoothQuant
+  scaling or LLM.int8()-style fp32 outlier channels, chosen per MatMul by simulated error on the
+  bundle's calibration text; edgetx.quant.outliers). The encoder default;
+- `int8-u8` / `int8-per-tensor`: dynamic int8 with unsigned 8-bit weights per channel / per tensor on
+  the graph as given (what `int8` was before; u8u8 kernels, slow on VNNI/AMX CPUs);
+- `int8-static-{minmax,entropy,percentile}`: static QDQ int8 calibrated on the bundle's real text;
+- `int4`, `int4-sym`, `int4-hqq`, `int8-weight-only`: weight-only MatMulNBits (block size, symmetry,
+  RTN or HQQ; accuracy_level is a parameter, never a silent default);
+- `int4-grid`: exact int4 for weights already on a 4-bit block grid (de-quantized GGUF Q4_0/Q4_1),
+  see edgetx.quant.grid; not applicable to float-trained weights; `int4-grid-a8` is the same weights
+  with int8 activations (MatMulNBits accuracy_level 4, the fast kernels) and the Q8_0 lm_head in
+  exact 8-bit: faster, and the activation rounding is what its gate measures;
+- `fp16`: float16 weights and activations, float32 inputs and outputs;
+- `qdq-a8w8`, `qdq-a16w8`: static QDQ for NPUs (Qualcomm's HTP through the QNN EP), made with
+  onnxruntime.quantization's QNN configuration (qnn_preprocess_model, then get_qnn_qdq_config:
+  every op quantized, uint8 or uint16 activations, uint8 weights per tensor, MinMax calibration on
+  the bundle's real text). Masks holding -inf or -3.4e38 are made finite (-1e4) first: calibrating
+  them gives infinite scales (edgetx.passes.finite_masks). Build them from an unfused graph
+  (`edgetx build --no-optimize`): onnxruntime's CPU fusions (contrib ops) are not NPU ops.
+
+Int8 portability: dynamic int8 multiplies unsigned 8-bit activations by the weights. With signed
+weights (u8s8), onnxruntime's AVX2-only kernels add each pair of u8 x s8 products in int16 with
+saturation (vpmaddubsw) where VNNI/AMX accumulate in int32: with full 8-bit weights a pair can reach
+2 x 255 x 127 and saturate (up to 0.5 in logits measured), so a bundle verified on one CPU would not
+verify on the other. `int8`/`int8-outliers` therefore use reduce_range (weights in [-64, 64]): a pair
+is at most 2 x 255 x 64 = 32640 < 32767, every x86 kernel gets the same exact integer sums, and a
+bundle verified here verifies there. Checked by running onnxruntime under `qemu-x86_64 -cpu Haswell`
+(AVX2 kernels) against this AMX CPU: MiniLM's hidden states are bit-identical with reduce_range and
+u8u8, and differ by up to 0.40 with full-range signed weights. u8u8 (`int8-u8`, `int8-per-tensor`)
+is identical across x86 CPUs too, but VNNI/AMX have no u8u8 instructions: on this CPU (AMX) MiniLM
+in u8u8 ran no faster than fp32 (24 vs 23 ms, batch 1 x 128, 1 thread) where u8s8 runs in ~7 ms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from edgetx.errors import EdgetxError, InputError
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    precision: str  # "int8", "int4" or "fp16": picks the gate
+    method: str  # "dynamic", "static", "weight-only", "fp16"
+    options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in [
+    Scheme("int8", "int8", "dynamic", {"weight_type": "QInt8", "reduce_range": True, "per_channel": True,
+                                        "unpack_attention": True, "split_skip_layer_norm": True}),
+    Scheme("int8-outliers", "int8", "dynamic", {"weight_type": "QInt8", "reduce_range": True, "per_channel": True,
+                                                 "unpack_attention": True, "split_skip_layer_norm": True,
+                                                 "outliers": {"alphas": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+                                                              "threshold": 6.0, "max_channels": 8}}),
+    Scheme("int8-u8", "int8", "dynamic", {"weight_type": "QUInt8", "reduce_range": False, "per_channel": True}),
+    Scheme("int8-per-tensor", "int8", "dynamic", {"weight_type": "QUInt8", "reduce_range": False,
+                                                  "per_channel": False}),
+    Scheme("int8-static-minmax", "int8", "static", {"calibration": "MinMax"}),
+    Scheme("int8-static-entropy", "int8", "static", {"calibration": "Entropy"}),
+    Scheme("int8-static-percentile", "int8", "static", {"calibration": "Percentile"}),
+    Scheme("int8-weight-only", "int8", "weight-only", {"bits": 8, "block_size": 32, "symmetric": False,
+                                                        "algorithm": "rtn", "accuracy_level": 0}),
+    Scheme("int4", "int4", "weight-only", {"bits": 4, "block_size": 32, "symmetric": False, "algorithm": "rtn",
+                                           "accuracy_level": 0}),
+    Scheme("int4-sym", "int4", "weight-only", {"bits": 4, "block_size": 32, "symmetric": True, "algorithm": "rtn",
+                                               "accuracy_level": 0}),
+    Scheme("int4-hqq", "int4", "weight-only", {"bits": 4, "block_size": 32, "algorithm": "hqq", "accuracy_level": 0}),
+    Scheme("int4-grid", "int4", "grid", {"bits": 4, "block_size": 32, "symmetric": True, "accuracy_level": 0}),
+    Scheme("int4-grid-a8", "int4", "grid", {"bits": 4, "block_size": 32, "symmetric": True, "accuracy_level": 4,
+                                            "q8_0_weights": "exact 8-bit"}),
+    Scheme("fp16", "fp16", "fp16", {}),
+    Scheme("qdq-a8w8", "int8", "qdq", {"activation": "QUInt8", "weight": "QUInt8", "calibration": "MinMax",
+                                       "per_channel": False, "target": "qnn"}),
+    Scheme("qdq-a16w8", "int8", "qdq", {"activation": "QUInt16", "weight": "QUInt8", "calibration": "MinMax",
+                                        "per_channel": False, "target": "qnn"}),
+]}
+CALIBRATED_METHODS = ("static", "qdq")  # schemes that need calibration data (and any with "outliers")
+# Decoders: int8 weight-only. Dynamic int8 quantizes activations per tensor, and decoder hidden
+# states carry outlier channels: on SmolLM2-135M it gave mean KL 0.51 / top-1 58.6% vs fp32, while
+# int8 weight-only gave KL 0.0013 / top-1 97.7%. Encoders: int8-outliers
+# (all-MiniLM-L6-v2: cosine mean 0.9979 / min 0.9966 with no MatMul left in fp32; batch 1 x 128 in
+# 0.60x / 0.74x the time of Optimum O2+int8 at 1 / 2 threads, benchmarks/peers.py; plain `int8` needs
+# 4 of its 24 MatMuls in fp32, 0.91x / 0.84x).
+# int4-grid(-a8) applies only to weights de-quantized from a 4-bit GGUF; elsewhere it is recorded as not applicable.
+DEFAULT_SCHEMES = {"causal-lm": ("int8-weight-only", "int4", "int4-grid", "int4-grid-a8"), "encoder": ("int8-outliers", "int4")}
+
+
+class NotApplicable(EdgetxError):
+    """The scheme has nothing to do on this model (e.g. int4-grid on float-trained weights)."""
+
+
+def needs_calibration(s: Scheme) -> bool:
+    return s.method in CALIBRATED_METHODS or bool(s.options.get("outliers"))
+
+
+def scheme(name: str) -> Scheme:
+    if name not in SCHEMES:
+        raise InputError(f"unknown quantization scheme {name!r}; known: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
