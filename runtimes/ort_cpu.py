@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.errors import BackendError
+from edgetx.runtimes.ort_options import session_options
 from edgetx.runtimes.base import Availability, Backend, BackendSession, RunResult, SessionOptions, register_backend
 
 
@@ -48,22 +49,10 @@ class OrtCpuBackend(Backend):
     def create_session(self, model_path: Path, options: SessionOptions) -> OrtSession:
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
-        if options.threads:
-            so.intra_op_num_threads = options.threads
-            so.inter_op_num_threads = 1
-        if options.graph_optimization:
-            levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                      "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                      "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                      "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-            if options.graph_optimization not in levels:
-                raise BackendError(f"graph_optimization must be one of {', '.join(levels)}, "
-                                   f"not {options.graph_optimization!r}")
-            so.graph_optimization_level = levels[options.graph_optimization]
-        for key, value in options.extra.items():
-            so.add_session_config_entry(key, value)
+        try:
+            so = session_options(ort, options.threads, options.graph_optimization, options.extra)
+        except ValueError as e:
+            raise BackendError(str(e)) from None
         try:
             session = ort.InferenceSession(str(model_path), so, providers=[self.provider])
         except Exception as e:

@@ -2,7 +2,7 @@
 
 Run by the out-of-process backends (e.g. ARM64 under QEMU, the QNN / OpenVINO / XNNPACK vendor
 runtimes) with any Python that has numpy and onnxruntime; it imports nothing from edgetx but
-`wire.py` and `onnx_nodes.py`, which sit beside it.
+`wire.py`, `ort_options.py` and `onnx_nodes.py`, which sit beside it.
 
 Optional fields of the load request (absent = the CPU execution provider, as before):
 - "providers": [[name, {option: value}], ...] execution providers in priority order;
@@ -26,9 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import wire  # noqa: E402  (found beside this file, also under emulation where edgetx is not installed)
-
-LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-          "all": "ORT_ENABLE_ALL"}
+from ort_options import session_options  # noqa: E402  (likewise)
 
 
 _REGISTERED: set[str] = set()
@@ -37,16 +35,7 @@ _REGISTERED: set[str] = set()
 def _options(request: dict, level: str | None):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if request.get("threads"):
-        options.intra_op_num_threads = int(request["threads"])
-        options.inter_op_num_threads = 1
-    if level:
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
-    for key, value in (request.get("extra") or {}).items():
-        options.add_session_config_entry(key, str(value))
-    return options
+    return session_options(ort, request.get("threads"), level, request.get("extra"))
 
 
 def _session(request: dict, options, cpu_only: bool = False):

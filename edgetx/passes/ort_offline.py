@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from edgetx.passes import PassResult, _ir, op_histogram
+from edgetx.runtimes.ort_options import session_options
 
 
 class OrtOffline:
@@ -20,16 +21,12 @@ class OrtOffline:
         import onnxruntime as ort
 
         ir = _ir()
-        levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
         before = op_histogram(model)
         with tempfile.TemporaryDirectory(prefix="edgetx-ort-opt-") as tmp:
             src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
             ir.save(model, src)
-            options = ort.SessionOptions()
-            options.graph_optimization_level = levels[self.level]
+            options = session_options(ort, graph_optimization=self.level)
             options.optimized_model_filepath = str(dst)
-            options.log_severity_level = 3
             ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
             optimized = ir.load(dst)  # a single file: its weights are read into memory here
         return PassResult(optimized, True, {"ops_before": before, "ops_after": op_histogram(optimized)})
