@@ -11,26 +11,22 @@ import onnxruntime
 
 import edgetx
 from _common import bench_decoder, bench_encoder, dir_mb, load_spec, run_variants
+from edgetx.kinds.decoding import DecodeLoop, causal_feeds
 from edgetx.runtimes import Session
-from edgetx.runtimes.feeds import causal_feeds, empty_cache, next_cache
 
 
 class EdgetxDecoder:
     """Greedy batch-1 decoding: one graph for prefill and decode, the presents fed back as the past."""
 
     def __init__(self, session: Session):
-        self.session, self.cache = session, {}
-
-    def _step(self, ids: np.ndarray, cache: dict | None) -> int:
-        out = self.session.run(causal_feeds(self.session.inputs, ids, cache=cache, logits_to_keep=1))
-        self.cache = next_cache(out, cache if cache is not None else empty_cache(self.session.inputs, 1))
-        return int(out["logits"][0, -1].argmax())
+        self.session, self.loop = session, DecodeLoop(session.run, session.inputs)
 
     def first(self, prompt: np.ndarray) -> int:
-        return self._step(prompt[None], None)
+        self.loop = DecodeLoop(self.session.run, self.session.inputs)
+        return int(self.loop.prefill(prompt[None], logits_to_keep=1)["logits"][0, -1].argmax())
 
     def next(self, token: int) -> int:
-        return self._step(np.array([[token]], dtype=np.int64), self.cache)
+        return int(self.loop.step(token)["logits"][0, -1].argmax())
 
     def teacher_logits(self, ids: np.ndarray) -> np.ndarray:
         return self.session.run(causal_feeds(self.session.inputs, ids[None]), ["logits"])["logits"][0]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from edgetx.exporters.causal_lm import quiet_export
-from edgetx.runtimes.pooling import pool
+from edgetx.kinds.encoder import pool
 
 
 @dataclass(frozen=True)

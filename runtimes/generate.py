@@ -21,7 +21,8 @@ import numpy as np
 
 from edgetx.bundle import MANIFEST
 from edgetx.errors import BackendError, BundleError, InputError
-from edgetx.runtimes.feeds import causal_feeds, empty_cache, next_cache
+from edgetx.kinds import require_helper
+from edgetx.kinds.decoding import DecodeLoop
 from edgetx.runtimes.session import Session
 from edgetx.runtimes.tokenizer import Tokenizer
 
@@ -132,8 +133,7 @@ class Generator:
 
     def __init__(self, session: Session, tokenizer: Tokenizer | None = None):
         model = session.model
-        if model.get("kind") != "causal-lm":
-            raise InputError(f"{session.bundle.path} holds a {model.get('kind')!r} model; Generator needs a causal-lm")
+        require_helper(session.kind, "generate", session.bundle.path)
         if not all(isinstance(model.get(key), int) for key in ("vocab_size", "max_positions")):
             raise BundleError(f"{session.bundle.path / MANIFEST}: a causal-lm needs model.vocab_size and "
                               "model.max_positions (positive integers)")
@@ -163,25 +163,22 @@ class Generator:
                              "positions in all, so shorten the prompt")
         rng = np.random.default_rng(config.seed)
         self.finish_reason, self.stats = None, GenerationStats(prompt_tokens=len(ids))
-        cache = empty_cache(self.session.inputs, batch=1)
-        step_ids, past = np.array([ids], dtype=np.int64), 0
+        loop = DecodeLoop(self.session.run, self.session.inputs)
+        step_ids = np.array([ids], dtype=np.int64)
         for produced in range(config.max_new_tokens + 1):
             if produced == config.max_new_tokens:
                 self.finish_reason = "length"
                 return
-            if past + step_ids.shape[1] > self.max_positions:
+            if loop.past + step_ids.shape[1] > self.max_positions:
                 self.finish_reason = "context"
                 return
-            seq = step_ids.shape[1]
-            feeds = causal_feeds(self.session.inputs, step_ids, cache=cache, logits_to_keep=1)
+            feeds = loop.feeds(step_ids, logits_to_keep=1)
             started = time.perf_counter()
             outputs = self.session.run(feeds)
-            self.stats.add_step(time.perf_counter() - started, prefill=past == 0)
-            cache = next_cache(outputs, cache)
-            past += seq
-            logits = outputs["logits"][0, -1]
+            self.stats.add_step(time.perf_counter() - started, prefill=loop.past == 0)
+            logits = loop.advance(outputs)["logits"][0, -1]
             if not np.isfinite(logits).all():
-                raise BackendError(f"{self.session.model_path} produced non-finite logits (NaN/inf) at position {past}: "
+                raise BackendError(f"{self.session.model_path} produced non-finite logits (NaN/inf) at position {loop.past}: "
                                    "the variant is damaged or numerically unstable; check it with `edgetx verify`")
             token = sample_next(logits, config, rng)
             yield token

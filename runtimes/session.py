@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.bundle import MANIFEST, Bundle
-from edgetx.errors import BackendError, BundleError, InputError
+from edgetx.errors import BundleError, InputError
 from edgetx.runtimes.base import RunResult, SessionOptions, get_backend
-from edgetx.runtimes.feeds import causal_contract_problem
-from edgetx.runtimes.pooling import pool
+from edgetx.kinds import ModelKind, get_kind, require_helper
 from edgetx.runtimes.tokenizer import Tokenizer, tokenizer_for
 
 
@@ -152,10 +151,8 @@ def check_signature(bundle: Bundle) -> tuple[list[dict], list[dict], Limits, int
         if len({spec["name"] for spec in specs}) != len(specs):
             raise BundleError(f"{where}: io.{key} names an input or output twice")
         lists.append(specs)
-    if not isinstance(bundle.model.get("kind"), str):
-        raise BundleError(f"{where}: model.kind must be a string such as 'causal-lm' or 'encoder'")
-    if bundle.model["kind"] == "causal-lm" and (problem := causal_contract_problem(*lists)):
-        raise BundleError(f"{where}: io does not follow the causal-LM graph contract: {problem}")
+    if problem := get_kind(bundle.model.get("kind"), where).io_problem(*lists):
+        raise BundleError(f"{where}: {problem}")
     vocab, context = _positive(bundle.model, "vocab_size", where), _positive(bundle.model, "max_positions", where)
     limits: Limits = {"attention_mask": (0, 2, "a mask of 0 (padding) and 1 (token)"),
                       "token_type_ids": (0, None, "token types"),
@@ -194,6 +191,11 @@ class Session:
         return self.bundle.model
 
     @property
+    def kind(self) -> ModelKind:
+        """The bundle's model kind (edgetx.kinds), which knows its checks, gates and helpers."""
+        return get_kind(self.model.get("kind"), self.bundle.path / MANIFEST)
+
+    @property
     def tokenizer(self) -> Tokenizer:
         """The bundle's tokenizer, loaded on first use."""
         if self._tokenizer is None:
@@ -201,34 +203,12 @@ class Session:
         return self._tokenizer
 
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Sentence embeddings (len(texts), hidden) float32 for an encoder bundle, pooled as the
-        model's sentence-transformers config asks (e.g. mean pooling + L2 normalisation)."""
-        if self.model.get("kind") != "encoder":
-            raise InputError(f"{self.bundle.path} holds a {self.model.get('kind')!r} model; embed needs an encoder")
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise InputError("embed takes a list of strings")
-        names = [spec["name"] for spec in self.inputs]
-        chunks = []
-        for start in range(0, len(texts), batch_size):
-            chunks.append(self._embed_batch(texts[start : start + batch_size], names))
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.model["hidden_size"]), np.float32)
+        """Sentence embeddings (len(texts), hidden) float32 of an encoder bundle, pooled as the model's
+        sentence-transformers config asks (e.g. mean pooling + L2 normalisation)."""
+        require_helper(self.kind, "embed", self.bundle.path)
+        from edgetx.kinds.encoder import embed
 
-    def _embed_batch(self, texts: list[str], names: list[str]) -> np.ndarray:
-        ids, type_ids = self.tokenizer.encode_batch(texts, self.model["max_positions"])
-        width = max(len(i) for i in ids)
-        batch = {"input_ids": np.full((len(ids), width), self.tokenizer.pad_token_id, np.int64),
-                 "attention_mask": np.zeros((len(ids), width), np.int64),
-                 "token_type_ids": np.zeros((len(ids), width), np.int64)}
-        for row, (tokens, types) in enumerate(zip(ids, type_ids)):
-            batch["input_ids"][row, : len(tokens)] = tokens
-            batch["attention_mask"][row, : len(tokens)] = 1
-            batch["token_type_ids"][row, : len(types)] = types
-        hidden = self.run({n: batch[n] for n in names}, ["last_hidden_state"])["last_hidden_state"]
-        vectors = pool(hidden, batch["attention_mask"], self.model.get("pooling") or {})
-        if not np.isfinite(vectors).all():
-            raise BackendError(f"{self.model_path} produced non-finite embeddings (NaN/inf): the variant is damaged "
-                               "or numerically unstable; check it with `edgetx verify`")
-        return vectors
+        return embed(self, texts, batch_size)
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Validate `feeds` against the manifest, run, and return the outputs by name."""

@@ -121,8 +121,8 @@ class HFTokenizer:
 
 
 def tokenizer_for(bundle: "Bundle") -> ByteTokenizer | HFTokenizer:
-    """The bundle's tokenizer. Encoders truncate long texts to the model's context (as
-    sentence-transformers does); decoders never truncate silently."""
+    """The bundle's tokenizer. Kinds that truncate long texts (encoders, as sentence-transformers does)
+    cut them to the model's context; the others never truncate silently."""
     where = f"{bundle.path / 'manifest.json'}: tokenizer"
     spec = bundle.manifest.get("tokenizer") or {}
     if not isinstance(spec, dict):
@@ -138,7 +138,10 @@ def tokenizer_for(bundle: "Bundle") -> ByteTokenizer | HFTokenizer:
             raise BundleError(f"{where}.eos_token_ids must be a list of token ids, got {eos!r}")
         if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 0):
             raise BundleError(f"{where}.pad_token_id must be a token id or null, got {pad!r}")
-        truncate_to = bundle.model.get("max_positions") if bundle.model.get("kind") == "encoder" else None
+        from edgetx.kinds import get_kind
+
+        truncates = get_kind(bundle.model.get("kind"), bundle.path / "manifest.json").truncates_text
+        truncate_to = bundle.model.get("max_positions") if truncates else None
         return HFTokenizer(bundle.file(rel), spec, truncate_to=truncate_to)
     raise BundleError(f"{bundle.path}: manifest tokenizer type {kind!r} is not supported by this edgetx "
                       "(known: 'bytes', 'hf')")

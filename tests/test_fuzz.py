@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from edgetx.bundle import Bundle, sha256_file
 from edgetx.errors import EdgetxError, InputError
 from edgetx.runtimes import GenerationConfig, Generator, Session
-from edgetx.runtimes.feeds import empty_cache
+from edgetx.kinds.decoding import empty_cache
 from edgetx.runtimes.tokenizer import apply_chat_template, tokenizer_for
 
 # CI-sized and repeatable (derandomized); the long run in benchmarks/reliability.py is random.

@@ -203,7 +203,7 @@ def test_llama_fused_attention_is_right_for_padded_batches(built):
 @pytest.mark.parametrize("family", DECODERS)
 def test_prompt_can_ask_for_the_last_positions_logits_only(built, family):
     from edgetx.errors import InputError
-    from edgetx.runtimes.feeds import causal_feeds
+    from edgetx.kinds.decoding import causal_feeds
 
     _, bundle = built(family)
     session = Session(bundle.path)

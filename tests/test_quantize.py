@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from edgetx.bundle import Bundle
 from edgetx.cli import main
 from edgetx.errors import InputError
-from edgetx.quant.gates import calibration_feeds
+from edgetx.kinds import get_kind
 from edgetx.quant.schemes import SCHEMES
 from edgetx.quant.apply import apply, small_constant_matmuls, weight_matmuls
 
@@ -43,11 +43,11 @@ def test_static_quantization_needs_calibration(tiny_bundle_master, tmp_path):
     static = SCHEMES["int8-static-minmax"]
     with pytest.raises(InputError, match="needs calibration data and none was given"):
         apply(static, fp32, tmp_path / "s.onnx", calibration=[], inputs=inputs)
-    wrong = calibration_feeds("causal-lm", inputs, data)
+    wrong = get_kind("causal-lm").calibration_feeds(inputs, data)
     wrong[0]["input_ids"] = wrong[0]["input_ids"].astype(np.int32)
     with pytest.raises(InputError, match="calibration sample 0: input 'input_ids': expected dtype int64"):
         apply(static, fp32, tmp_path / "s.onnx", calibration=wrong, inputs=inputs)
-    apply(static, fp32, tmp_path / "s.onnx", calibration=calibration_feeds("causal-lm", inputs, data), inputs=inputs)
+    apply(static, fp32, tmp_path / "s.onnx", calibration=get_kind("causal-lm").calibration_feeds(inputs, data), inputs=inputs)
     assert (tmp_path / "s.onnx").stat().st_size < fp32.stat().st_size
 
 
@@ -318,7 +318,7 @@ def test_int8_outliers_is_calibrated_and_gated(tmp_path, monkeypatch):
     data = {f"{split}.{k}": v for split, seed in (("calib", 2), ("eval", 3)) for k, v in _encoder_batch(seed).items()}
     pooling = {"mode": "mean", "normalize": True}
     out = tmp_path / "int8-outliers.onnx"
-    variant = quantize_gated(SCHEMES["int8-outliers"], src, out, "encoder", inputs, data, pooling)
+    variant = quantize_gated(SCHEMES["int8-outliers"], src, out, "encoder", inputs, data, {"pooling": pooling})
     assert variant.passed and out.is_file() and variant.metrics["cosine_mean"] >= 0.995, variant.missed_by
     rewrites = variant.to_dict()["graph_rewrites"]
     assert "ffn_up" in rewrites["decomposed"] + rewrites["smoothed"]  # the MatMul fed the outlier channel
@@ -327,6 +327,6 @@ def test_int8_outliers_is_calibrated_and_gated(tmp_path, monkeypatch):
 
     impossible = dataclasses.replace(gates.QUANTIZED["int8"], min_cosine_mean=1.01)
     monkeypatch.setitem(gates.QUANTIZED, "int8", impossible)
-    missed = quantize_gated(SCHEMES["int8-outliers"], src, tmp_path / "missed.onnx", "encoder", inputs, data, pooling)
+    missed = quantize_gated(SCHEMES["int8-outliers"], src, tmp_path / "missed.onnx", "encoder", inputs, data, {"pooling": pooling})
     assert not missed.passed and missed.missed_by and not (tmp_path / "missed.onnx").exists()
     assert len(missed.steps) > 1  # the mixed-precision search ran

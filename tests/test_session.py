@@ -5,7 +5,7 @@ import pytest
 
 from edgetx.errors import BackendError, InputError
 from edgetx.runtimes import Session
-from edgetx.runtimes.feeds import empty_cache
+from edgetx.kinds.decoding import empty_cache
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from edgetx.verify.report import to_markdown
 from edgetx.verify.parity import verify
 from edgetx.runtimes import GenerationConfig, Generator, Session, SessionOptions, get_backend
 from edgetx.runtimes import web_backend
-from edgetx.runtimes.feeds import causal_feeds
+from edgetx.kinds.decoding import causal_feeds
 from edgetx.runtimes.web_provision import default_root
 
 pytestmark = pytest.mark.slow

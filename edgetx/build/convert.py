@@ -27,8 +27,7 @@ from edgetx.bundle import Bundle
 from edgetx.errors import EdgetxError, InputError
 from edgetx.passes.fixed_dims import fix_model
 from edgetx.runtimes.session import Session
-from edgetx.verify import metrics
-from edgetx.verify.fixed import FIXED_FORMAT, _agrees, fixed_feeds
+from edgetx.verify.fixed import FIXED_FORMAT, compare_runs, fixed_feeds
 
 REQUIRED_OPERATORS = "mobile/required_operators.config"
 USABILITY_EPS = {"NNAPI": "nnapi", "CoreML NeuralNetwork": "coreml_supported_neuralnetwork_ops.md",
@@ -181,9 +180,8 @@ def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None =
             want = dynamic.run(feeds)
             fixed = get_backend("ort-cpu").create_session(staged, SessionOptions())
             got = fixed.run(feeds).outputs
-            diff = max(metrics.max_abs(want[k], got[k]) for k in want)
             tolerance = tolerance_for(variant.precision, bundle.manifest["variants"][name].get("tolerance"))
-            ok, detail = _agrees(bundle.model.get("kind"), tolerance, want, got, diff)
+            ok, diff, detail = compare_runs(dynamic.kind, tolerance, want, got)
             if not ok:
                 raise EdgetxError(f"{name}: the fixed-shape copy does not agree with the dynamic variant at {dims} "
                                   f"({detail}); not added")

@@ -14,24 +14,20 @@ import platform
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
-from edgetx import __version__
+from edgetx import __version__, progress
 from edgetx.bundle import Bundle, BundleWriter
 from edgetx.errors import EdgetxError
-from edgetx.quant.schemes import DEFAULT_SCHEMES
+from edgetx.kinds import ModelKind, get_kind
 
 OPSET = 18
 
 # A stage reporter: called as a context manager around each stage with its title.
 StageReporter = Callable[[str], AbstractContextManager[None]]
-
-
-@contextmanager
-def _silent(title: str) -> Iterator[None]:
-    yield
 
 
 def _require_export_extra() -> None:
@@ -89,13 +85,13 @@ def _optimize_fp32(provisional: Bundle, writer: BundleWriter) -> dict:
     return selection.to_dict()
 
 
-def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict, source, schemes, stage) -> None:
+def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict, source, kind: ModelKind, schemes,
+                       stage) -> None:
     """Add a gated variant per scheme; record every attempt (passed or not) in the manifest."""
     from edgetx.quant.gates import quantize_gated
-    from edgetx.build.select import time_session
-    from edgetx.verify.parity import verify
-    from edgetx.runtimes.session import Session
     from edgetx.quant.schemes import NotApplicable, scheme
+    from edgetx.runtimes.session import Session
+    from edgetx.verify.parity import verify
     from edgetx.verify.tolerances import QUANTIZED
 
     data = source.quant_data()
@@ -104,10 +100,10 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
     for name in schemes:
         s = scheme(name)
         gate = QUANTIZED[s.precision]
-        with stage(f"quantize {name} and check its gate ({gate.method.removeprefix('gate: ')})"):
+        with stage(f"quantize {name} and check its gate ({kind.tolerance_label(gate.to_dict())})"):
             try:
                 result = quantize_gated(s, writer.path("fp32/model.onnx"), writer.path(f"{name}/model.onnx"),
-                                        source.kind, manifest["io"]["inputs"], data, manifest["model"].get("pooling"))
+                                        kind, manifest["io"]["inputs"], data, manifest["model"])
             except NotApplicable as e:
                 record["results"][name] = {"scheme": s.to_dict(), "not_applicable": str(e)}
                 continue
@@ -120,7 +116,7 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
         if report.passed:
             manifest["variants"][name]["parity"] = report.to_dict()
             session = Session(provisional, variant=name, backend="ort-cpu")
-            record["results"][name]["latency"] = time_session(session, provisional.golden())
+            record["results"][name]["latency"] = kind.time_graph(session, provisional.golden())
         else:  # passed the gate against fp32 but not against PyTorch's golden answers: do not ship it
             record["results"][name]["rejected_by_parity"] = [f"{c.name}: {c.detail}" for c in report.checks if not c.passed]
             manifest["variants"].pop(name, None)
@@ -128,10 +124,11 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
             shutil.rmtree(writer.path(f"{name}/x").parent, ignore_errors=True)
 
 
-def build(model: str | Path | None, out: str | Path, *, force: bool = False, allow_pickle: bool = False,
+def build(model: str | Path | Any | None, out: str | Path, *, force: bool = False, allow_pickle: bool = False,
           trust_remote_code: bool = False, optimize: bool = True, quantize: tuple[str, ...] | None = None,
-          formats: tuple[str, ...] = (), stage: StageReporter = _silent) -> Bundle:
-    """Build a bundle for `model` (None = the reference checkpoint) at `out`.
+          formats: tuple[str, ...] = (), stage: StageReporter = progress.stage) -> Bundle:
+    """Build a bundle for `model` at `out`: a model folder or file (None = the reference checkpoint), or an
+    `edgetx.exporters.source.ExportSource` made by the caller (any model kind that is registered).
 
     `allow_pickle` permits pickle weight files (loaded with weights_only=True);
     `trust_remote_code` lets transformers run a model folder's own Python code.
@@ -141,14 +138,14 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
     bundle is in place, each verified on its backend (a failure leaves the bundle without them).
     """
     _require_export_extra()
-    from edgetx.exporters.source import load_source
-    from edgetx.passes.logits_to_keep import INPUT_SPEC as LOGITS_TO_KEEP
-    from edgetx.passes.logits_to_keep import add_logits_to_keep
+    from edgetx.exporters.source import ExportSource, load_source
     from edgetx.verify.parity import measure_fp32_tolerance, verify
 
     with BundleWriter(out, overwrite=force) as writer:
         with stage("load model"):
-            source = load_source(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+            source = model if isinstance(model, ExportSource) else \
+                load_source(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+            kind = get_kind(source.kind, f"the exporter of {source.name}")
         with stage("export fp32 ONNX (torch.onnx, dynamo)"):
             started = time.perf_counter()
             try:
@@ -172,7 +169,7 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
             "tokenizer": source.tokenizer,
             "io": source.io,
             "variants": {"fp32": {"precision": "fp32", "file": "fp32/model.onnx"}},
-            "golden": {"file": "golden.npz", "kind": source.kind, **golden_info,
+            "golden": {"file": "golden.npz", **golden_info,
                        "arrays": {k: list(v.shape) for k, v in golden.items()}},
             "provenance": {"source": source.source, "source_sha256": source.source_sha256,
                            "exporter": "torch.onnx.export(dynamo=True)", "opset": OPSET,
@@ -185,12 +182,11 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
         if optimize:
             with stage("optimize: fuse, verify and time graph candidates on onnxruntime CPU"):
                 manifest["optimization"] = _optimize_fp32(provisional, writer)
-        if source.kind == "causal-lm":
-            with stage("let prompts ask for the last position's logits only (input logits_to_keep)"):
-                skipped = add_logits_to_keep(writer.path("fp32/model.onnx"))
-                if skipped is None:
-                    manifest["io"]["inputs"].append(dict(LOGITS_TO_KEEP))  # the provisional bundle shares io
-                manifest["provenance"]["logits_to_keep"] = skipped or "added"
+        if kind.graph_edits:
+            with stage(kind.graph_edits):
+                added, log = kind.finish_graph(writer.path("fp32/model.onnx"))
+                manifest["io"]["inputs"] += added  # the provisional bundle shares io
+                manifest["provenance"]["graph_edits"] = log
         with stage("verify the kept fp32 graph against the golden I/O"):
             reports = verify(provisional, backend="ort-cpu")
         failed = [r for r in reports if not r.passed]
@@ -201,9 +197,9 @@ def build(model: str | Path | None, out: str | Path, *, force: bool = False, all
                               + "\n  ".join(lines))
         for report in reports:
             manifest["variants"][report.variant]["parity"] = report.to_dict()
-        schemes = DEFAULT_SCHEMES[source.kind] if quantize is None else quantize
+        schemes = kind.default_schemes if quantize is None else quantize
         if schemes and source.quant_data is not None:
-            _quantize_variants(provisional, writer, manifest, source, schemes, stage)
+            _quantize_variants(provisional, writer, manifest, source, kind, schemes, stage)
         with stage("write manifest and move the bundle into place"):
             writer.commit(manifest)
     bundle = Bundle.load(out)

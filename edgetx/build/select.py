@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.errors import EdgetxError
+from edgetx.kinds import kind_of
+from edgetx import progress
 from edgetx.passes import _ir, run_passes
 from edgetx.passes.cpu_kernels import CpuKernelRewrites
 from edgetx.passes.gqa_padding import GqaPaddedBatches
 from edgetx.passes.ort_fusions import OrtFusions
 from edgetx.passes.ort_offline import OrtOffline
 
-DECODE_TOKENS = 64  # a candidate's score: prefill of the golden prompt + this many decode steps
 PADDING_CHECKS = {"padded batch", "padding invariance"}
 
 CANDIDATES: dict[str, list] = {
@@ -51,79 +52,56 @@ def optimize_file(src: str | Path, dst: str | Path, candidate: str = "ort-fusion
 
 # --- measured selection --------------------------------------------------------------------------
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-def time_session(session, golden: dict[str, np.ndarray], repeats: int = 3) -> dict[str, float]:
-    """Milliseconds: decoders prefill of the golden prompt and one decode step (score = prefill +
-    64 decode steps); encoders one golden batch (score = that)."""
-    from edgetx.runtimes.feeds import causal_feeds, empty_cache, encoder_feeds, next_cache
-
-    if session.model.get("kind") == "encoder":
-        feeds = encoder_feeds(session.inputs, golden, "batch")
-        batch = _median_seconds(lambda: session.run(feeds), repeats) * 1e3
-        return {"batch_ms": batch, "score_ms": batch}
-    prompt = golden["prefill.input_ids"]
-    prefill_feeds = causal_feeds(session.inputs, prompt)
-    prefill = _median_seconds(lambda: session.run(prefill_feeds), repeats) * 1e3
-    cache = next_cache(session.run(prefill_feeds), empty_cache(session.inputs, 1))
-    step_feeds = causal_feeds(session.inputs, prompt[:, -1:], cache=cache)
-    decode = _median_seconds(lambda: session.run(step_feeds), repeats * 4) * 1e3
-    return {"prefill_ms": prefill, "decode_ms": decode, "score_ms": prefill + DECODE_TOKENS * decode}
-
-
 @dataclass
 class Selection:
     winner: str
     target: str
     candidates: list[dict]
+    score: str  # what a candidate's score_ms measures (the model kind's timing loop)
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "winner": self.winner, "score": f"prefill + {DECODE_TOKENS} decode steps "
-                "(decoders) or one golden batch (encoders), median ms", "candidates": self.candidates}
+        return {"target": self.target, "winner": self.winner, "score": self.score, "candidates": self.candidates}
 
 
 TIMING_ROUNDS = 3  # candidates are timed in turn, round after round: load that comes and goes hits them all
 
 
-def _time_interleaved(sessions: dict, entries: dict[str, dict], golden: dict, timer: Callable,
-                      progress: Callable[[str], None]) -> None:
+def _time_interleaved(sessions: dict, entries: dict[str, dict], golden: dict, timer: Callable) -> None:
     """Time every session round-robin and record each timing's median over the rounds. Timing one
     candidate after another lets a burst of other work on the machine pick the winner (measured: a
     fused SmolLM2 graph timed at 3x the unfused one while another job ran, 0.9x on a quiet host)."""
     samples: dict[str, list[dict]] = {name: [] for name in sessions}
-    for round_ in range(TIMING_ROUNDS):
-        for name, session in sessions.items():
-            progress(f"timing {name} (round {round_ + 1} of {TIMING_ROUNDS})")
-            samples[name].append(timer(session, golden))
+    with progress.task("timing graph candidates", TIMING_ROUNDS * len(sessions)) as timing:
+        for round_ in range(TIMING_ROUNDS):
+            for name, session in sessions.items():
+                timing.note(f"{name} (round {round_ + 1} of {TIMING_ROUNDS})")
+                samples[name].append(timer(session, golden))
+                timing.advance()
     for name, runs in samples.items():
         entries[name].update({key: statistics.median(run[key] for run in runs) for key in runs[0]})
         entries[name]["timing_rounds"] = len(runs)
 
 
 def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, target: str = "ort-cpu",
-                 candidates: dict[str, list] | None = None, timer: Callable = time_session,
-                 threads: int | None = None, progress: Callable[[str], None] = lambda _: None) -> Selection:
+                 candidates: dict[str, list] | None = None, timer: Callable | None = None,
+                 threads: int | None = None) -> Selection:
     """Build each candidate from the bundle's fp32 graph, keep the fastest that passes parity.
 
     `write(name, model)` stores a candidate in the bundle being built and returns its bundle path;
-    `timer(session, golden)` returns timings with a `score_ms` (injectable for tests).
+    `timer(session, golden)` returns timings with a `score_ms` (default: the model kind's timing loop;
+    injectable for tests).
     """
     from edgetx.verify.parity import verify
+
+    kind = kind_of(bundle)
+    timer = timer or kind.time_graph
 
     ir = _ir()
     golden = bundle.golden()
     tolerance = bundle.manifest["variants"]["fp32"].get("tolerance")
     results, sessions = [], {}
     for name, passes in (candidates or CANDIDATES).items():
-        progress(name)
+        progress.log.debug("graph candidate %s: %s", name, ", ".join(p.name for p in passes) or "as exported")
         entry: dict = {"name": name, "passes": [p.name for p in passes]}
         try:
             model, log = run_passes(ir.load(bundle.file(fp32_rel)), passes)
@@ -158,7 +136,7 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
             entry["load_ms"] = (time.perf_counter() - started) * 1e3
         del bundle.manifest["variants"][name]
         results.append(entry)
-    _time_interleaved(sessions, {r["name"]: r for r in results}, golden, timer, progress)
+    _time_interleaved(sessions, {r["name"]: r for r in results}, golden, timer)
     sessions.clear()
     passing = [r for r in results if r.get("parity_passed")]
     if not passing:
@@ -167,4 +145,4 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
     winner = min(passing, key=lambda r: r["score_ms"])
     for r in results:
         r["kept"] = r is winner
-    return Selection(winner["name"], target, results)
+    return Selection(winner["name"], target, results, kind.score)

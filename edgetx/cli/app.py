@@ -4,14 +4,11 @@ Each verb lives in a module of this package and registers itself on `main`."""
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import click
 from rich.markup import escape
 
-from edgetx import __version__
+from edgetx import __version__, progress
 from edgetx.cli.render import console
 from edgetx.errors import EdgetxError
 
@@ -42,12 +39,5 @@ def main() -> None:
       edgetx generate dist/edgetx-gpt --prompt "def main():"
       edgetx inspect dist/edgetx-gpt
     """
-
-
-@contextmanager
-def stage(title: str) -> Iterator[None]:
-    started = time.perf_counter()
-    with console.status(f"{title} ..."):
-        yield
-    console.print(f"[green]✓[/] {title} [dim]({time.perf_counter() - started:.1f}s)[/]")
+    progress.show_on(console)  # stages, progress bars and log lines of every verb go to the console
 

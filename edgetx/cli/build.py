@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgetx.cli.app import main, stage
+from edgetx.cli.app import main
+from edgetx.kinds import known_kinds
 from edgetx.cli.render import console, print_candidates, print_mobile, print_parity, print_quantization
 
 DEFAULT_OUT = "dist/edgetx-gpt"
@@ -23,7 +24,9 @@ DEFAULT_OUT = "dist/edgetx-gpt"
 @click.option("--no-optimize", is_flag=True, help="Keep the exported graph as is (no fused candidates).")
 @click.option("--quantize", "schemes", default="auto", show_default=True,
               help="Quantized variants to add, each behind its accuracy gate, comma-separated (see `edgetx quantize "
-                   "--help`); auto = int8-weight-only,int4 for decoders and int8,int4 for encoders; none = fp32 only.")
+                   "--help`); auto = the model kind's defaults (" + "; ".join(
+                       f"{k.name}: {','.join(k.default_schemes) or 'none'}" for k in known_kinds().values())
+                   + "); none = fp32 only.")
 @click.option("--ort", "to_ort", is_flag=True, help="Also add each variant in the ORT mobile format, verified "
               "(the same as `edgetx convert OUT --to ort` afterwards).")
 def build(model: Path | None, out: Path, force: bool, allow_pickle: bool, trust_remote_code: bool,
@@ -50,8 +53,7 @@ def build(model: Path | None, out: Path, force: bool, allow_pickle: bool, trust_
     for name in chosen or ():
         scheme(name)  # an unknown name fails here, before an export of minutes
     bundle = build_bundle(model, out, force=force, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                          optimize=not no_optimize, quantize=chosen, formats=("ort",) if to_ort else (),
-                          stage=stage)
+                          optimize=not no_optimize, quantize=chosen, formats=("ort",) if to_ort else ())
     if "optimization" in bundle.manifest:
         print_candidates(bundle.manifest["optimization"])
     print_quantization(bundle.manifest)

@@ -10,6 +10,7 @@ from edgetx.bundle import to_json
 from edgetx.cli.app import main
 from edgetx.cli.render import console, print_bench, print_report
 from edgetx.errors import EdgetxError
+from edgetx.kinds import kind_of
 
 
 def _ints(text: str, allow_default: bool = False) -> tuple:
@@ -55,7 +56,7 @@ def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, s
     if as_json:
         click.echo(to_json(results))
     else:
-        print_bench(results)
+        print_bench(results, kind_of(loaded))
     if not no_save:
         stored = dict(loaded.manifest.get("bench") or {})
         stored.update({f"{r['variant']}@{r['backend']}@threads={r['threads']}": r for r in results})

@@ -6,16 +6,22 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from edgetx.kinds import ModelKind, get_kind
+from edgetx.verify.report import label_of
+
 console = Console(stderr=True)
 if not console.is_terminal:  # logs and CI: wide enough that parity tables do not wrap
     console.width = 120
 
 
 def print_candidates(selection: dict) -> None:
+    candidates = selection["candidates"]
+    timings = [k for k in dict.fromkeys(k for c in candidates for k in c if k.endswith("_ms") and k != "load_ms")]
     table = Table(title=f"fp32 graph candidates on {selection['target']} (kept: {selection['winner']})")
-    for col in ("candidate", "fusions", "nodes", "parity", "prefill ms", "decode ms", "batch ms", "score ms", ""):
+    for col in ("candidate", "fusions", "nodes", "parity", *(k.removesuffix("_ms").replace("_", " ") + " ms"
+                                                             for k in timings), ""):
         table.add_column(col)
-    for c in selection["candidates"]:
+    for c in candidates:
         log = c.get("log") or []
         fusions = ", ".join(f"{k} {v}" for entry in log for k, v in entry.get("fusions", {}).items()) or "-"
         nodes = f"{sum(log[0]['ops_before'].values())} -> {sum(log[-1]['ops_after'].values())}" if log else "-"
@@ -23,16 +29,9 @@ def print_candidates(selection: dict) -> None:
                   f"[red]FAIL[/] {'; '.join(c.get('failed_checks') or [c.get('error', '')])}")
         if c.get("restriction"):
             parity += f" ({c['restriction']})"
-        cells = [f"{c[k]:.2f}" if k in c else "-" for k in ("prefill_ms", "decode_ms", "batch_ms", "score_ms")]
+        cells = [f"{c[k]:.2f}" if k in c else "-" for k in timings]
         table.add_row(c["name"], fusions, nodes, parity, *cells, "[bold]kept[/]" if c.get("kept") else "")
     console.print(table)
-
-
-def tolerance_label(tolerance: dict, encoder: bool = False) -> str:
-    """The bound a check is held to: max |diff| for fp32; KL (decoders) or cosine (encoders) when quantized."""
-    if tolerance.get("max_kld") is None:
-        return f"{tolerance['max_abs']:.0e}"
-    return f"cos>={tolerance['min_cosine']:g}" if encoder else f"KL<={tolerance['max_kld']:g}"
 
 
 def print_quantization(manifest: dict) -> None:
@@ -40,6 +39,7 @@ def print_quantization(manifest: dict) -> None:
     results = (manifest.get("quantization") or {}).get("results") or {}
     if not results:
         return
+    kind = get_kind(manifest["model"].get("kind"), "manifest.json")
     fp32_bytes = manifest["variants"]["fp32"].get("bytes") or 0
     table = Table(title="quantized variants (gated against fp32 on the bundle's held-out data)")
     for col in ("scheme", "written", "MB", "vs fp32", "gate metrics", "kept in fp32", "ms", "missed by"):
@@ -48,20 +48,13 @@ def print_quantization(manifest: dict) -> None:
         if "not_applicable" in r:
             table.add_row(name, "[dim]n/a[/]", "-", "-", "-", "-", "-", r["not_applicable"])
             continue
-        gate = r["gate"]
-        if "kld_mean" in gate:
-            shown = (f"KL {gate['kld_mean']:.4f}, top-1 {gate['top1']:.3f}, bits/token {gate['bits_per_token']:.4f} "
-                     f"(fp32 {gate['bits_per_token_fp32']:.4f}), greedy {gate['greedy_agreement']:.2f}")
-        else:
-            shown = f"cosine mean {gate['cosine_mean']:.5f}, min {gate['cosine_min']:.5f} ({gate['texts']} texts)"
         written = name in manifest["variants"]
         kept = f"{len(r['kept_fp32_nodes'])} of {r['quantizable_nodes']}"
         rejected = r.get("rejected_by_parity")
-        latency = r.get("latency") or {}
-        ms = (f"decode {latency['decode_ms']:.2f}, prefill {latency['prefill_ms']:.1f}" if "decode_ms" in latency
-              else f"batch {latency['batch_ms']:.1f}" if "batch_ms" in latency else "-")
+        latency = {k: v for k, v in (r.get("latency") or {}).items() if k != "score_ms"}
+        ms = ", ".join(f"{k.removesuffix('_ms')} {v:.2f}" for k, v in latency.items()) or "-"
         table.add_row(name, "[green]yes[/]" if written else "[red]no[/]", f"{r['bytes'] / 1e6:.1f}",
-                      f"{r['bytes'] / fp32_bytes:.2f}x" if fp32_bytes else "-", shown, kept, ms,
+                      f"{r['bytes'] / fp32_bytes:.2f}x" if fp32_bytes else "-", kind.gate_summary(r["gate"]), kept, ms,
                       "; ".join(r["missed_by"] or rejected or []) or "-")
     console.print(table)
 
@@ -73,8 +66,7 @@ def print_parity(reports: list[dict]) -> None:
     for r in reports:
         for c in r["checks"]:
             diff = "-" if c["max_abs"] is None else f"{c['max_abs']:.2e}"
-            encoder = any(check["name"] == "embeddings" for check in r["checks"])
-            table.add_row(r["variant"], r["backend"], c["name"], diff, tolerance_label(r["tolerance"], encoder),
+            table.add_row(r["variant"], r["backend"], c["name"], diff, label_of(r),
                           c["detail"], "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]")
     console.print(table)
 
@@ -140,53 +132,17 @@ def print_onnx(name: str, info: dict) -> None:
     console.print(ops)
 
 
-def print_bench(results: list[dict]) -> None:
-    if results and "time_to_first_token_ms" in results[0]:
-        r0 = results[0]
-        table = Table(title=f"decoder bench: -p {r0['prompt_tokens']} -n {r0['new_tokens']}, "
-                            f"{r0['repeats']} repeats after {r0['warmup']} warm-up")
-        cols = ("variant", "backend", "threads", "MB", "load ms", "TTFT ms", "prefill tok/s", "decode tok/s",
-                "token p50/p90/p99 ms", "peak RSS MB")
-        for col in cols:
+def print_bench(results: list[dict], kind: ModelKind) -> None:
+    """The kind's bench tables (decoders: timings and the memory-bandwidth floor; encoders: per batch)."""
+    if not results:
+        return
+    for bench_table in kind.bench_rows(results):
+        table = Table(title=bench_table.title)
+        for col in bench_table.columns:
             table.add_column(col)
-        for r in results:
-            lat = r["decode_token_latency"]
-            table.add_row(r["variant"], r["backend"], str(r["threads"]), f"{r['file_mb']:.1f}", f"{r['load_ms']:.0f}",
-                          f"{r['time_to_first_token_ms']:.1f} ({r['ttft_min_ms']:.1f}-{r['ttft_max_ms']:.1f})",
-                          f"{r['prefill_tokens_per_s']:.0f}",
-                          f"{r['decode_tokens_per_s']:.1f}" if r["decode_tokens_per_s"] else "-",
-                          f"{lat['p50_ms']:.2f} / {lat['p90_ms']:.2f} / {lat['p99_ms']:.2f}" if lat else "-",
-                          f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-")
+        for row in bench_table.rows:
+            table.add_row(*row)
         console.print(table)
-        print_memory_bound([r["memory_bound"] for r in results if "memory_bound" in r])
-        return
-    table = Table(title="encoder bench")
-    for col in ("variant", "backend", "threads", "MB", "load ms", "batch", "seq", "p50/p90/p99 ms", "seq/s"):
-        table.add_column(col)
-    for r in results:
-        for b in r["batches"]:
-            table.add_row(r["variant"], r["backend"], str(r["threads"]), f"{r['file_mb']:.1f}", f"{r['load_ms']:.0f}",
-                          str(b["batch"]), str(b["seq"]), f"{b['p50_ms']:.2f} / {b['p90_ms']:.2f} / {b['p99_ms']:.2f}",
-                          f"{b['sequences_per_s']:.1f}")
-    console.print(table)
-
-
-def print_memory_bound(rows: list[dict]) -> None:
-    """Decode step time against the floor set by this machine's read bandwidth."""
-    if not rows:
-        return
-    table = Table(title="memory-bandwidth bound of a decode step (weights + KV cache read per token "
-                        "/ measured read bandwidth)")
-    for col in ("variant", "threads", "weights MB", "KV MB", "read GB/s", "floor ms", "decode p50 ms", "x floor"):
-        table.add_column(col)
-    for r in rows:
-        if r.get("bound_ms") is None:
-            table.add_row(r["variant"], str(r["threads"]), "-", "-", "-", "-", "-", r.get("note", "-"))
-            continue
-        table.add_row(r["variant"], str(r["threads"]), f"{r['weight_mb']:.1f}", f"{r['kv_mb']:.1f}",
-                      f"{r['bandwidth_gb_s']:.1f}", f"{r['bound_ms']:.2f}", f"{r['decode_ms']:.2f}",
-                      f"{r['x_bound']:.1f}x")
-    console.print(table)
 
 
 def print_report(points) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgetx.bundle import Bundle
 from edgetx.errors import EdgetxError
+from edgetx.kinds import ReportAxes, kind_of
 
 
 @dataclass
@@ -29,19 +30,8 @@ class Point:
     pareto: bool = False
 
 
-@dataclass(frozen=True)
-class Axes:
-    accuracy: str
-    higher_is_better: bool
-    latency: str
-
-
-def axes_for(bundle: Bundle) -> Axes:
-    if bundle.model.get("kind") == "encoder":
-        return Axes("mean embedding cosine vs fp32 (higher is better)", True, "p50 ms, batch 1")
-    if any("gate" in r for r in _gate_results(bundle).values()):
-        return Axes("held-out bits per token (lower is better)", False, "decode ms per token (p50)")
-    return Axes("max |logit diff| vs PyTorch (lower is better)", False, "decode ms per token (p50)")
+def axes_for(bundle: Bundle) -> ReportAxes:
+    return kind_of(bundle).report_axes(gated=any("gate" in r for r in _gate_results(bundle).values()))
 
 
 def _gate_results(bundle: Bundle) -> dict:
@@ -65,41 +55,26 @@ def _pick_bench(bundle: Bundle, backend: str, threads: str | None) -> tuple[dict
 
 
 def _accuracy(bundle: Bundle, name: str) -> tuple[float, str, dict]:
-    """(accuracy value, gate status, extra figures) of one variant."""
-    results, kind = _gate_results(bundle), bundle.model.get("kind")
-    variant = bundle.manifest["variants"][name]
-    if name in results:
-        record = results[name]
-        gate = record["gate"]
-        status = "passed" if record.get("gate_passed") else "missed: " + "; ".join(record.get("missed_by", []))
-        if kind == "encoder":
-            return gate["cosine_mean"], status, {"cosine min": gate["cosine_min"]}
-        return gate["bits_per_token"], status, {"mean KL": gate["kld_mean"], "top-1": gate["top1"]}
-    if kind == "encoder":
-        return 1.0, "reference", {}
+    """(accuracy value, gate status, extra figures) of one variant, as its model kind measures accuracy."""
+    results = _gate_results(bundle)
+    record = results.get(name)
     gated = [r["gate"] for r in results.values() if "gate" in r]
-    if gated:  # the fp32 reference that the gates compared against
-        return gated[0]["bits_per_token_fp32"], "reference", {"mean KL": 0.0, "top-1": 1.0}
-    return (variant.get("parity") or {}).get("max_abs", float("nan")), "reference", {}
-
-
-def _latency(kind: str, result: dict) -> tuple[float, dict]:
-    if kind == "encoder":
-        rows = sorted(result["batches"], key=lambda b: (b["batch"], b["seq"]))
-        extra = {f"b{b['batch']}xs{b['seq']} seq/s": b["sequences_per_s"] for b in rows}
-        return rows[0]["p50_ms"], extra
-    return result["decode_token_latency"]["p50_ms"], {"TTFT ms": result["time_to_first_token_ms"],
-                                                      "decode tok/s": result["decode_tokens_per_s"]}
+    parity = bundle.manifest["variants"][name].get("parity")
+    value, extra = kind_of(bundle).report_accuracy(record["gate"] if record else None, gated, parity)
+    if record is None:
+        return value, "reference", extra
+    status = "passed" if record.get("gate_passed") else "missed: " + "; ".join(record.get("missed_by", []))
+    return value, status, extra
 
 
 def collect(bundle: Bundle, backend: str = "ort-cpu", threads: str | None = None) -> tuple[list[Point], str]:
     """One point per variant (and the thread setting used), with the Pareto front marked."""
     bench, setting = _pick_bench(bundle, backend, threads)
-    kind = bundle.model.get("kind")
+    kind = kind_of(bundle)
     points = []
     for name, variant in bundle.manifest["variants"].items():
         accuracy, gate, extra = _accuracy(bundle, name)
-        latency, timing = _latency(kind, bench[name])
+        latency, timing = kind.report_latency(bench[name])
         points.append(Point(name, variant.get("precision", "?"), variant["bytes"] / 1e6, accuracy, latency, gate,
                             {**extra, **timing}))
     mark_pareto(points, axes_for(bundle).higher_is_better)
@@ -115,7 +90,7 @@ def mark_pareto(points: list[Point], higher_is_better: bool) -> None:
             and (q.latency_ms < p.latency_ms or sign * q.accuracy > sign * p.accuracy) for q in points)
 
 
-def plot(points: list[Point], axes: Axes, title: str, path: Path) -> None:
+def plot(points: list[Point], axes: ReportAxes, title: str, path: Path) -> None:
     """Accuracy vs latency, marker area proportional to file size, the front joined by a line."""
     try:
         import matplotlib
@@ -157,7 +132,7 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def markdown(bundle: Bundle, points: list[Point], axes: Axes, setting: str, backend: str,
+def markdown(bundle: Bundle, points: list[Point], axes: ReportAxes, setting: str, backend: str,
              memory_bound: list[dict], image: str) -> str:
     model = bundle.model
     extra_cols = list(dict.fromkeys(k for p in points for k in p.extra))

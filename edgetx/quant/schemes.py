@@ -87,14 +87,7 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in [
                                         "per_channel": False, "target": "qnn"}),
 ]}
 CALIBRATED_METHODS = ("static", "qdq")  # schemes that need calibration data (and any with "outliers")
-# Decoders: int8 weight-only. Dynamic int8 quantizes activations per tensor, and decoder hidden
-# states carry outlier channels: on SmolLM2-135M it gave mean KL 0.51 / top-1 58.6% vs fp32, while
-# int8 weight-only gave KL 0.0013 / top-1 97.7%. Encoders: int8-outliers
-# (all-MiniLM-L6-v2: cosine mean 0.9979 / min 0.9966 with no MatMul left in fp32; batch 1 x 128 in
-# 0.60x / 0.74x the time of Optimum O2+int8 at 1 / 2 threads, benchmarks/peers.py; plain `int8` needs
-# 4 of its 24 MatMuls in fp32, 0.91x / 0.84x).
-# int4-grid(-a8) applies only to weights de-quantized from a 4-bit GGUF; elsewhere it is recorded as not applicable.
-DEFAULT_SCHEMES = {"causal-lm": ("int8-weight-only", "int4", "int4-grid", "int4-grid-a8"), "encoder": ("int8-outliers", "int4")}
+# Each model kind names its default schemes (edgetx.kinds: ModelKind.default_schemes).
 
 
 class NotApplicable(EdgetxError):

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetx.verify import metrics
 from edgetx.bundle import Bundle
 from edgetx.errors import BackendError, EdgetxError, InputError
+from edgetx.kinds import kind_of
 from edgetx.verify.fixed import FIXED_FORMAT
 
-DEFAULT_DIMS = {"encoder": "batch=1,seq=128", "causal-lm": "batch=1,seq=1,past=127"}
 # onnxruntime's CPU-oriented fusions (edgetx build's optimize stage): contrib ops other backends lack.
 ORT_FUSIONS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization",
                "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "BiasGelu", "FastGelu", "Gelu",
@@ -122,18 +121,16 @@ def _remedy(op: str, provider: str, shapes_fixed: bool, needs_fixed: bool, reaso
 
 
 def _compare(bundle: Bundle, plugin, variant, want: dict, got: dict) -> dict:
-    from edgetx.verify.fixed import _agrees
+    from edgetx.verify.fixed import compare_runs
     from edgetx.verify.parity import _backend_tolerance
 
     tolerance, note = _backend_tolerance(plugin, variant.precision,
                                          bundle.manifest["variants"][variant.name].get("tolerance"))
     names = [k for k in want if k in got]
-    if not all(np.isfinite(got[k]).all() for k in names):
-        return {"passed": False, "max_abs": None, "detail": "the backend returned NaN or inf"}
-    diff = max(metrics.max_abs(want[k], got[k]) for k in names)
-    ok, detail = _agrees(bundle.model.get("kind"), tolerance, {k: want[k] for k in names},
-                         {k: got[k] for k in names}, diff)
-    return {"passed": bool(ok), "max_abs": diff, "detail": f"vs ort-cpu on the same inputs: {detail}{note}"}
+    ok, diff, detail = compare_runs(kind_of(bundle), tolerance, {k: want[k] for k in names}, {k: got[k] for k in names})
+    if not np.isfinite(diff):
+        return {"passed": False, "max_abs": None, "detail": detail}
+    return {"passed": ok, "max_abs": diff, "detail": f"vs ort-cpu on the same inputs: {detail}{note}"}
 
 
 def check_variant(bundle: Bundle, backend: str, name: str) -> VariantPreflight:
@@ -159,9 +156,8 @@ def check_variant(bundle: Bundle, backend: str, name: str) -> VariantPreflight:
     rel = variant.file_for(FIXED_FORMAT) if (needs_fixed and fixed) else variant.file
     result = VariantPreflight(name, variant.precision, rel, ("fixed " + ",".join(f"{k}={v}" for k, v in dims.items()))
                               if dims and rel != variant.file else "dynamic", provider)
-    kind = bundle.model.get("kind")
     if needs_fixed and not fixed:
-        shape = DEFAULT_DIMS.get(kind, "batch=1,seq=128")
+        shape = kind_of(bundle).default_fixed_dims
         result.problems.append(Problem(
             "dynamic-shapes", f"{backend} takes fixed shapes only and {name} has no fixed-shape file: this run "
             "uses the dynamic file, which the provider cannot take", f"`edgetx convert {bundle.path} --to fixed "
@@ -261,7 +257,7 @@ def preflight(bundle: Bundle, backend: str, variants: list[str] | None = None, d
         result = check_variant(bundle, backend, name)
         safe = [p for p in result.problems if p.safe]
         if apply and safe:
-            chosen = dims or parse_dims(DEFAULT_DIMS.get(bundle.model.get("kind"), "batch=1,seq=128"), bundle.io)
+            chosen = dims or parse_dims(kind_of(bundle).default_fixed_dims, bundle.io)
             masks = any(p.kind == "mask" for p in safe)
             progress(f"{name}: applying {', '.join(p.kind for p in safe)} (fixed shapes {chosen})")
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+
 @dataclass
 class Check:
     name: str
@@ -22,6 +23,7 @@ class ParityReport:
     checks: list[Check] = field(default_factory=list)
     skipped: str = ""  # why this variant was not run on this backend (e.g. it has no file in the backend's format)
     placement: dict | None = None  # where its nodes ran, for backends that report it (runtimes.vendor)
+    tolerance_label: str = ""  # the bound in a few characters, as the model kind states it ("KL<=0.01")
 
     @property
     def passed(self) -> bool:
@@ -34,7 +36,8 @@ class ParityReport:
     def to_dict(self) -> dict:
         return {"variant": self.variant, "backend": self.backend, "precision": self.precision,
                 "passed": self.passed, "max_abs": self.max_abs, "tolerance": self.tolerance,
-                "checks": [asdict(c) for c in self.checks], "skipped": self.skipped,
+                "tolerance_label": self.tolerance_label, "checks": [asdict(c) for c in self.checks],
+                "skipped": self.skipped,
                 **({"placement": self.placement} if self.placement else {})}
 
 
@@ -45,15 +48,21 @@ def to_markdown(reports: list[ParityReport | dict]) -> str:
         r = report.to_dict() if isinstance(report, ParityReport) else report
         for c in r["checks"]:
             diff = "-" if c["max_abs"] is None else f"{c['max_abs']:.2e}"
-            tol = r["tolerance"]
-            encoder = any(check["name"] == "embeddings" for check in r["checks"])
-            label = (f"{tol['max_abs']:.1e}" if tol.get("max_kld") is None else
-                     f"cos>={tol['min_cosine']:g}" if encoder else f"KL<={tol['max_kld']:g}")
-            lines.append(f"| {r['variant']} | {r['backend']} | {c['name']} | {diff} | {label} "
+            lines.append(f"| {r['variant']} | {r['backend']} | {c['name']} | {diff} | {label_of(r)} "
                          f"| {c['detail']} | {'pass' if c['passed'] else 'FAIL'} |")
         if r.get("placement"):
             lines.append(f"| {r['variant']} | {r['backend']} | placement | - | - | {placement_text(r['placement'])} | - |")
     return "\n".join(lines) + "\n"
+
+
+def label_of(report: dict) -> str:
+    """A report's tolerance in a few characters: the kind's own label, else max |diff| or the gate's bounds."""
+    tolerance = report.get("tolerance") or {}
+    if report.get("tolerance_label"):
+        return report["tolerance_label"]
+    if tolerance.get("max_kld") is None:
+        return f"{tolerance['max_abs']:.0e}" if tolerance.get("max_abs") is not None else "-"
+    return f"KL<={tolerance['max_kld']:g}, cos>={tolerance['min_cosine']:g}"
 
 
 def placement_text(summary: dict | None) -> str:

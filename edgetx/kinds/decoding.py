@@ -1,0 +1,119 @@
+"""Driving a causal-LM graph: its inputs, its KV cache, and the prefill-then-decode loop.
+
+The graph contract (README, "Causal-LM graph contract"): one graph serves prefill and decode; inputs
+`input_ids`, `attention_mask` (past+seq), `position_ids`, `past_key_values.{i}.key|value` (the past may be
+empty) and optionally `logits_to_keep`; outputs `logits` and `present.{i}.key|value`. `DecodeLoop` is the one
+place that carries the cache from step to step; the Generator, parity, the gates, bench, graph selection
+and fixed-shape checks all run through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+Feeds = dict[str, np.ndarray]
+
+
+def contract_problem(inputs: list[dict], outputs: list[dict]) -> str | None:
+    """What in an I/O signature breaks the causal-LM graph contract, or None."""
+    by_name, out_names = {s["name"]: s for s in inputs}, {s["name"] for s in outputs}
+    for name in ("input_ids", "attention_mask", "position_ids"):
+        spec = by_name.get(name)
+        if spec is None or spec["dtype"] != "int64" or len(spec["shape"]) != 2:
+            return f"input {name!r} must be int64 of rank 2"
+    if "logits" not in out_names:
+        return "no 'logits' output"
+    for name, spec in by_name.items():
+        if name.startswith(PAST_PREFIX):
+            shape = spec["shape"]
+            if len(shape) != 4 or shape[0] != "batch" or shape[2] != "past" or not all(
+                    isinstance(d, int) for d in (shape[1], shape[3])):
+                return f"cache input {name!r} must have shape [batch, heads, past, head_dim], not {shape}"
+            if PRESENT_PREFIX + name[len(PAST_PREFIX):] not in out_names:
+                return f"cache input {name!r} has no matching {PRESENT_PREFIX}* output"
+    return None
+
+
+def empty_cache(inputs: list[dict], batch: int) -> dict[str, np.ndarray]:
+    """Zero-length past keys/values for every cache input of an I/O signature."""
+    return {s["name"]: np.zeros([batch if d == "batch" else 0 if d == "past" else d for d in s["shape"]],
+                                dtype=s["dtype"])
+            for s in inputs if s["name"].startswith(PAST_PREFIX)}
+
+
+def next_cache(outputs: dict[str, np.ndarray], cache: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The presents a step returned, renamed as the next step's past."""
+    return {name: outputs[PRESENT_PREFIX + name[len(PAST_PREFIX):]] for name in cache}
+
+
+def causal_feeds(inputs: list[dict], input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
+                 position_ids: np.ndarray | None = None, cache: dict[str, np.ndarray] | None = None,
+                 logits_to_keep: int = 0) -> Feeds:
+    """Causal-LM inputs: no mask = all ones, no positions = counting on from the cache's length,
+    no cache = empty. `logits_to_keep` = 1 asks for the last position's logits only (a prompt run),
+    on graphs that take it (edgetx.passes.logits_to_keep); 0 = every position."""
+    past = next(iter(cache.values())).shape[2] if cache else 0
+    if attention_mask is None:
+        attention_mask = np.ones((input_ids.shape[0], past + input_ids.shape[1]), dtype=np.int64)
+    if position_ids is None:
+        position_ids = np.broadcast_to(np.arange(past, past + input_ids.shape[1], dtype=np.int64), input_ids.shape)
+    if cache is None:
+        cache = empty_cache(inputs, batch=input_ids.shape[0])
+    feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
+             "position_ids": np.ascontiguousarray(position_ids), **cache}
+    if logits_to_keep and any(s["name"] == "logits_to_keep" for s in inputs):
+        feeds["logits_to_keep"] = np.array(logits_to_keep, dtype=np.int64)
+    return feeds
+
+
+class DecodeLoop:
+    """A causal LM run step by step with its own KV cache: `prefill` a prompt, then `step` one token at a
+    time; `feeds` / `advance` split a step in two for callers that time the run alone (bench).
+
+    `run(feeds)` returns the outputs by name: an edgetx Session's `run`, or a raw backend session's.
+    """
+
+    def __init__(self, run: Callable[[Feeds], dict[str, np.ndarray]], inputs: list[dict], batch: int = 1,
+                 cache: dict[str, np.ndarray] | None = None):
+        self.run, self.inputs = run, inputs
+        self.cache = empty_cache(inputs, batch) if cache is None else cache
+
+    @property
+    def past(self) -> int:
+        """Positions in the cache."""
+        return next(iter(self.cache.values())).shape[2] if self.cache else 0
+
+    def feeds(self, ids: np.ndarray, logits_to_keep: int = 0) -> Feeds:
+        return causal_feeds(self.inputs, ids, cache=self.cache, logits_to_keep=logits_to_keep)
+
+    def advance(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Take a step's presents as the cache; returns the outputs."""
+        self.cache = next_cache(outputs, self.cache)
+        return outputs
+
+    def prefill(self, ids: np.ndarray, logits_to_keep: int = 0) -> dict[str, np.ndarray]:
+        """Run `ids` (batch, seq) on top of the cache (empty at first)."""
+        return self.advance(self.run(self.feeds(np.asarray(ids, dtype=np.int64), logits_to_keep)))
+
+    def step(self, tokens: int | list[int]) -> dict[str, np.ndarray]:
+        """One new token per row."""
+        return self.prefill(np.array(tokens, dtype=np.int64).reshape(-1, 1))
+
+
+def greedy(run: Callable[[Feeds], dict[str, np.ndarray]], inputs: list[dict], prompt: np.ndarray,
+           steps: int) -> tuple[list[int], np.ndarray, dict[str, np.ndarray]]:
+    """Greedy decoding of a one-row `prompt` with the graph's own cache, `steps` decode steps: (the steps + 1
+    tokens picked — the prompt's argmax first, fed back one per step, and the last step's pick —, the
+    last-position logits of each step, the prompt's outputs). The first token fed is the prompt's own
+    argmax, as PyTorch's golden decode does."""
+    loop = DecodeLoop(run, inputs)
+    first = loop.prefill(prompt)
+    picks, step_logits = [int(first["logits"][0, -1].argmax())], []
+    for _ in range(steps):
+        logits = loop.step(picks[-1])["logits"][0, -1]
+        step_logits.append(logits)
+        picks.append(int(logits.argmax()))
+    return picks, np.stack(step_logits) if step_logits else np.zeros((0, 0), np.float32), first
