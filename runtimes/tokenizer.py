@@ -124,20 +124,14 @@ def tokenizer_for(bundle: "Bundle") -> ByteTokenizer | HFTokenizer:
     """The bundle's tokenizer. Kinds that truncate long texts (encoders, as sentence-transformers does)
     cut them to the model's context; the others never truncate silently."""
     where = f"{bundle.path / 'manifest.json'}: tokenizer"
-    spec = bundle.manifest.get("tokenizer") or {}
-    if not isinstance(spec, dict):
-        raise BundleError(f"{where} must be an object with a 'type'")
+    spec = bundle.manifest.tokenizer  # its form is checked at load (the manifest schema)
     kind = spec.get("type")
     if kind == "bytes":
         return ByteTokenizer()
     if kind == "hf":
-        rel, eos, pad = spec.get("file"), spec.get("eos_token_ids") or [], spec.get("pad_token_id")
-        if not isinstance(rel, str) or rel not in bundle.manifest["files"]:
+        rel = spec.get("file")
+        if rel not in bundle.manifest.files:
             raise BundleError(f"{where}.file {rel!r} must name a file listed under 'files' (so its hash is checked)")
-        if not isinstance(eos, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in eos):
-            raise BundleError(f"{where}.eos_token_ids must be a list of token ids, got {eos!r}")
-        if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 0):
-            raise BundleError(f"{where}.pad_token_id must be a token id or null, got {pad!r}")
         from edgetx.kinds import get_kind
 
         truncates = get_kind(bundle.model.get("kind"), bundle.path / "manifest.json").truncates_text

@@ -126,7 +126,7 @@ def mobile_report(bundle: Bundle, variants: list[str] | None = None) -> dict[str
             reports[name] = usability(bundle.file(bundle.variant(name).file))
         except Exception as e:  # the checker needs shape inference to pass; say so per variant
             reports[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-    mobile = dict(bundle.manifest.get("mobile") or {})
+    mobile = dict(bundle.manifest.mobile)
     mobile["usability"] = {**mobile.get("usability", {}), **reports}
     bundle.update_manifest("mobile", mobile)
     return reports
@@ -180,7 +180,7 @@ def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None =
             want = dynamic.run(feeds)
             fixed = get_backend("ort-cpu").create_session(staged, SessionOptions())
             got = fixed.run(feeds).outputs
-            tolerance = tolerance_for(variant.precision, bundle.manifest["variants"][name].get("tolerance"))
+            tolerance = tolerance_for(variant.precision, variant.tolerance)
             ok, diff, detail = compare_runs(dynamic.kind, tolerance, want, got)
             if not ok:
                 raise EdgetxError(f"{name}: the fixed-shape copy does not agree with the dynamic variant at {dims} "

@@ -98,7 +98,7 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
 
     ir = _ir()
     golden = bundle.golden()
-    tolerance = bundle.manifest["variants"]["fp32"].get("tolerance")
+    tolerance = bundle.variant("fp32").tolerance
     results, sessions = [], {}
     for name, passes in (candidates or CANDIDATES).items():
         progress.log.debug("graph candidate %s: %s", name, ", ".join(p.name for p in passes) or "as exported")

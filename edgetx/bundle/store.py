@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,33 +24,12 @@ import numpy as np
 
 from edgetx.bundle.files import MANIFEST, check_relative, sha256_file, to_json
 from edgetx.bundle.npz import read_npz
+from edgetx.bundle.manifest import SCHEMA_VERSION, Manifest, Variant
 from edgetx.bundle.onnx_check import OnnxCheck
 from edgetx.errors import BundleError
 
-SCHEMA_VERSION = 1
-_REQUIRED = {"schema_version": int, "model": dict, "io": dict, "variants": dict, "files": dict,
-             "golden": dict, "provenance": dict}
-
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One precision/format of the model inside a bundle."""
-
-    name: str
-    precision: str
-    file: str
-    parity: dict | None = None
-    formats: dict[str, str] | None = None  # other serializations of this variant, e.g. {"ort": "fp32/model.ort"}
-
-    def file_for(self, model_format: str) -> str:
-        """The bundle-relative file of this variant in `model_format` ("onnx" or one of `formats`)."""
-        if model_format == "onnx":
-            return self.file
-        if model_format not in (self.formats or {}):
-            hint = " (add it with `edgetx convert BUNDLE --to ort`)" if model_format == "ort" else ""
-            raise BundleError(f"variant {self.name!r} has no {model_format!r} file{hint}")
-        return self.formats[model_format]
+BUILT_BY_BUILD = ("schema_version", "model", "io", "variants", "files", "golden", "provenance")
+__all__ = ["SCHEMA_VERSION", "Bundle", "Variant"]
 
 
 class Bundle:
@@ -59,7 +37,7 @@ class Bundle:
 
     def __init__(self, path: Path, manifest: dict[str, Any]):
         self.path = Path(path)
-        self.manifest = manifest
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify_hashes: bool = True) -> "Bundle":
@@ -89,19 +67,7 @@ class Bundle:
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
             raise BundleError(f"{manifest_path} is missing: {root} is not a complete edgetx bundle")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{manifest_path}: not valid JSON ({e})") from None
-        if not isinstance(manifest, dict):
-            raise BundleError(f"{manifest_path}: expected a JSON object at the top level")
-        version = manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise BundleError(f"{manifest_path}: schema_version {version!r:.80} is not one this edgetx reads "
-                              f"(it reads {SCHEMA_VERSION}); rebuild the bundle or upgrade edgetx")
-        for key, kind in _REQUIRED.items():
-            if not isinstance(manifest.get(key), kind):
-                raise BundleError(f"{manifest_path}: field {key!r} is missing or not a {kind.__name__}")
+        manifest = Manifest.parse(manifest_path.read_bytes(), manifest_path)
         bundle = cls(root, manifest)
         bundle._validate_files(verify_hashes)
         return bundle
@@ -110,29 +76,16 @@ class Bundle:
         files = self.manifest["files"]
         for rel, entry in files.items():
             path = check_relative(self.path, rel, f"files[{rel!r}]")
-            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-                raise BundleError(f"{self.path / MANIFEST}: files[{rel!r}] needs a 'sha256' string")
             if not path.is_file():
                 raise BundleError(f"{path} is missing (listed in {MANIFEST}); the bundle is incomplete, rebuild it")
             if verify_hashes and sha256_file(path) != entry["sha256"]:
                 raise BundleError(f"{path} does not match the sha256 in {MANIFEST}: the file was altered "
                                   "or corrupted after the build; rebuild or re-copy the bundle")
         for name, variant in self.manifest["variants"].items():
-            if not isinstance(variant, dict) or not isinstance(variant.get("file"), str):
-                raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}] needs a 'file' string")
             if variant["file"] not in files:
                 raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].file {variant['file']!r} "
                                   "is not listed under 'files' (so its hash cannot be checked)")
-            formats = variant.get("formats") or {}
-            if not isinstance(formats, dict) or not all(isinstance(rel, str) for rel in formats.values()):
-                raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].formats must map format names "
-                                  "to bundle file paths")
-            for field in ("precision", "sha256"):
-                if not isinstance(variant.get(field, ""), str):
-                    raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].{field} must be a string")
-            if not isinstance(variant.get("parity") or {}, dict):
-                raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].parity must be an object")
-            for fmt, rel in formats.items():
+            for fmt, rel in (variant.get("formats") or {}).items():
                 if rel not in files:
                     raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].formats[{fmt!r}] {rel!r} "
                                       "is not listed under 'files' (so its hash cannot be checked)")
@@ -149,16 +102,15 @@ class Bundle:
     # --- what a bundle holds -------------------------------------------------------------
     @property
     def model(self) -> dict:
-        return self.manifest["model"]
+        return self.manifest.model
 
     @property
     def io(self) -> dict:
-        return self.manifest["io"]
+        return self.manifest.io
 
     @property
     def variants(self) -> dict[str, Variant]:
-        return {name: Variant(name, v.get("precision", "?"), v["file"], v.get("parity"), v.get("formats"))
-                for name, v in self.manifest["variants"].items()}
+        return self.manifest.variants
 
     def variant(self, name: str) -> Variant:
         variants = self.variants
@@ -172,12 +124,10 @@ class Bundle:
     def update_manifest(self, key: str, value: Any) -> None:
         """Set one top-level field that describes the bundle without changing its files (e.g. bench
         results), rewriting manifest.json atomically."""
-        if key in _REQUIRED or key == "schema_version":
+        if key in BUILT_BY_BUILD:
             raise BundleError(f"manifest field {key!r} is written only by a build")
-        self.manifest[key] = value
-        tmp = self.path / (MANIFEST + f".{os.getpid()}.tmp")
-        tmp.write_text(to_json(self.manifest) + "\n")
-        os.replace(tmp, self.path / MANIFEST)
+        manifest = Manifest.checked({**self.manifest, key: json.loads(to_json(value))}, self.path / MANIFEST)
+        self._write(manifest)
 
     def add_files(self, new_files: dict[str, Path], edit: Callable[[dict[str, Any]], None]) -> None:
         """Move `new_files` ({bundle-relative path: finished file}) into the bundle, let `edit` change the
@@ -194,8 +144,12 @@ class Bundle:
             os.replace(staged, target)
             manifest["files"][rel] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
         edit(manifest)
-        updated = Bundle(self.path, manifest)
+        updated = Bundle(self.path, Manifest.checked(manifest, self.path / MANIFEST))
         updated._validate_files(verify_hashes=False)  # the edit must leave a loadable manifest
+        self._write(updated.manifest)
+
+    def _write(self, manifest: Manifest) -> None:
+        """Replace manifest.json atomically (a checked manifest: its files are already in place)."""
         tmp = self.path / (MANIFEST + f".{os.getpid()}.tmp")
         tmp.write_text(to_json(manifest) + "\n")
         os.replace(tmp, self.path / MANIFEST)
@@ -203,7 +157,7 @@ class Bundle:
 
     def golden(self) -> dict[str, np.ndarray]:
         """The golden I/O arrays (loaded without pickle)."""
-        rel = self.manifest["golden"].get("file")
+        rel = self.manifest.golden.get("file")
         if rel is None:
             raise BundleError(f"{self.path}: this bundle carries no golden I/O")
         return read_npz(self.file(rel))

@@ -3,6 +3,7 @@ place, so an interrupted build leaves no half-written bundle (and the next build
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgetx.bundle.files import MANIFEST, check_relative, sha256_file, to_json
-from edgetx.bundle.store import SCHEMA_VERSION
+from edgetx.bundle.manifest import SCHEMA_VERSION, Manifest
 from edgetx.errors import BundleError
 
 
@@ -66,6 +67,7 @@ class BundleWriter:
             if variant.get("file") not in files:
                 raise BundleError(f"variant {name!r}: its file {variant.get('file')!r} was not written")
             variant.update(files[variant["file"]])  # each variant states its own sha256 and size too
+        manifest = Manifest.checked(json.loads(to_json(manifest)), self.target / MANIFEST)  # never write a bad one
         tmp_manifest = self.tmp / (MANIFEST + ".tmp")
         tmp_manifest.write_text(to_json(manifest) + "\n")
         os.replace(tmp_manifest, self.tmp / MANIFEST)

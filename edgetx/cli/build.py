@@ -55,7 +55,7 @@ def build(model: Path | None, out: Path, force: bool, allow_pickle: bool, trust_
     bundle = build_bundle(model, out, force=force, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                           optimize=not no_optimize, quantize=chosen, formats=("ort",) if to_ort else ())
     if "optimization" in bundle.manifest:
-        print_candidates(bundle.manifest["optimization"])
+        print_candidates(bundle.manifest.optimization)
     print_quantization(bundle.manifest)
     print_mobile(bundle.manifest)
     print_parity([v.parity for v in bundle.variants.values() if v.parity])

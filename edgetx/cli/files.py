@@ -68,9 +68,9 @@ def inspect(target: Path, as_json: bool) -> None:
             info["variants"][name] = {"precision": variant.precision, "parity_passed": (variant.parity or {}).get("passed"),
                                       "parity_max_abs": (variant.parity or {}).get("max_abs"),
                                       **inspect_onnx(bundle.file(variant.file))}
-        info["provenance"] = bundle.manifest["provenance"]
-        info["optimization"] = bundle.manifest.get("optimization")
-        info["quantization"] = bundle.manifest.get("quantization")
+        info["provenance"] = bundle.manifest.provenance
+        info["optimization"] = bundle.manifest.optimization
+        info["quantization"] = bundle.manifest.quantization
     else:
         info = inspect_onnx(target)
     if as_json:

@@ -58,9 +58,7 @@ def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, s
     else:
         print_bench(results, kind_of(loaded))
     if not no_save:
-        stored = dict(loaded.manifest.get("bench") or {})
-        stored.update({f"{r['variant']}@{r['backend']}@threads={r['threads']}": r for r in results})
-        loaded.update_manifest("bench", stored)
+        loaded.update_manifest("bench", loaded.manifest.with_bench(results))
 
 
 @main.command()

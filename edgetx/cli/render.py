@@ -6,6 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from edgetx.bundle import Manifest
 from edgetx.kinds import ModelKind, get_kind
 from edgetx.verify.report import label_of
 
@@ -34,13 +35,14 @@ def print_candidates(selection: dict) -> None:
     console.print(table)
 
 
-def print_quantization(manifest: dict) -> None:
+def print_quantization(manifest: Manifest) -> None:
     """Per scheme: written or not, size, gate metrics, nodes kept in fp32 by mixed precision."""
-    results = (manifest.get("quantization") or {}).get("results") or {}
+    results = manifest.quantization_results
     if not results:
         return
-    kind = get_kind(manifest["model"].get("kind"), "manifest.json")
-    fp32_bytes = manifest["variants"]["fp32"].get("bytes") or 0
+    kind = get_kind(manifest.kind, "manifest.json")
+    variants = manifest.variants
+    fp32_bytes = variants["fp32"].bytes or 0
     table = Table(title="quantized variants (gated against fp32 on the bundle's held-out data)")
     for col in ("scheme", "written", "MB", "vs fp32", "gate metrics", "kept in fp32", "ms", "missed by"):
         table.add_column(col)
@@ -48,7 +50,7 @@ def print_quantization(manifest: dict) -> None:
         if "not_applicable" in r:
             table.add_row(name, "[dim]n/a[/]", "-", "-", "-", "-", "-", r["not_applicable"])
             continue
-        written = name in manifest["variants"]
+        written = name in variants
         kept = f"{len(r['kept_fp32_nodes'])} of {r['quantizable_nodes']}"
         rejected = r.get("rejected_by_parity")
         latency = {k: v for k, v in (r.get("latency") or {}).items() if k != "score_ms"}
@@ -156,17 +158,17 @@ def print_report(points) -> None:
     console.print(table)
 
 
-def print_mobile(manifest: dict) -> None:
+def print_mobile(manifest: Manifest) -> None:
     """The ORT-format files and the NNAPI / CoreML usability report stored by `edgetx convert`."""
-    mobile = manifest.get("mobile") or {}
+    mobile = manifest.mobile
     if not mobile:
         return
     table = Table(title=f"mobile: .ort files, NNAPI / CoreML coverage (supported nodes / nodes, partitions; "
                         f"operators for a reduced build: {mobile.get('required_operators', '-')})")
     for col in ("variant", ".ort", "EP", "as exported", "if shapes were fixed", "unsupported ops"):
         table.add_column(col)
-    for name, variant in manifest["variants"].items():
-        ort_file = (variant.get("formats") or {}).get("ort", "-")
+    for name, variant in manifest.variants.items():
+        ort_file = (variant.formats or {}).get("ort", "-")
         report = (mobile.get("usability") or {}).get(name)
         if not report:
             table.add_row(name, ort_file, "-", "-", "-", "-")

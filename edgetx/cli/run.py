@@ -45,7 +45,7 @@ def generate(bundle: Path, prompt: str, max_tokens: int, temperature: float, top
     generator = Generator(session)
     config = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               seed=seed, stop=tuple(s.encode() for s in stop))
-    text = apply_chat_template(session.bundle.manifest["tokenizer"], [{"role": "user", "content": prompt}]) \
+    text = apply_chat_template(session.bundle.manifest.tokenizer, [{"role": "user", "content": prompt}]) \
         if chat else prompt
     out = sys.stdout
     if not chat:

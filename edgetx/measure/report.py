@@ -35,12 +35,12 @@ def axes_for(bundle: Bundle) -> ReportAxes:
 
 
 def _gate_results(bundle: Bundle) -> dict:
-    return (bundle.manifest.get("quantization") or {}).get("results") or {}
+    return bundle.manifest.quantization_results
 
 
 def _pick_bench(bundle: Bundle, backend: str, threads: str | None) -> tuple[dict[str, dict], str]:
     """The stored bench result of every variant for one thread setting that all of them have."""
-    stored = [r for r in (bundle.manifest.get("bench") or {}).values() if r.get("backend") == backend]
+    stored = bundle.manifest.bench_results(backend)
     settings = {str(r["threads"]) for r in stored}
     candidates = [threads] if threads else ["default"] + sorted(settings - {"default"}, key=lambda s: int(s))
     for setting in candidates:
@@ -59,7 +59,7 @@ def _accuracy(bundle: Bundle, name: str) -> tuple[float, str, dict]:
     results = _gate_results(bundle)
     record = results.get(name)
     gated = [r["gate"] for r in results.values() if "gate" in r]
-    parity = bundle.manifest["variants"][name].get("parity")
+    parity = bundle.variant(name).parity
     value, extra = kind_of(bundle).report_accuracy(record["gate"] if record else None, gated, parity)
     if record is None:
         return value, "reference", extra
@@ -72,10 +72,10 @@ def collect(bundle: Bundle, backend: str = "ort-cpu", threads: str | None = None
     bench, setting = _pick_bench(bundle, backend, threads)
     kind = kind_of(bundle)
     points = []
-    for name, variant in bundle.manifest["variants"].items():
+    for name, variant in bundle.variants.items():
         accuracy, gate, extra = _accuracy(bundle, name)
         latency, timing = kind.report_latency(bench[name])
-        points.append(Point(name, variant.get("precision", "?"), variant["bytes"] / 1e6, accuracy, latency, gate,
+        points.append(Point(name, variant.precision, (variant.bytes or 0) / 1e6, accuracy, latency, gate,
                             {**extra, **timing}))
     mark_pareto(points, axes_for(bundle).higher_is_better)
     return points, setting
@@ -145,7 +145,7 @@ def markdown(bundle: Bundle, points: list[Point], axes: ReportAxes, setting: str
              + " | ".join(extra_cols) + " | gate | parity | Pareto |",
              "|" + "---|" * (8 + len(extra_cols))]
     for p in points:
-        parity = (bundle.manifest["variants"][p.variant].get("parity") or {})
+        parity = bundle.variant(p.variant).parity or {}
         verdict = "-" if not parity else ("pass" if parity.get("passed") else "FAIL") + f" ({parity.get('backend')})"
         lines.append(f"| {p.variant} | {p.precision} | {p.size_mb:.1f} | {_fmt(p.accuracy)} | {p.latency_ms:.2f} | "
                      + " | ".join(_fmt(p.extra.get(c, "-")) for c in extra_cols)
@@ -182,8 +182,7 @@ def write_report(bundle: Bundle, out_dir: Path | None = None, backend: str = "or
     out_dir.mkdir(parents=True, exist_ok=True)
     image, text = out_dir / "pareto.png", out_dir / "report.md"
     title = f"{bundle.path.name} ({bundle.model.get('name', '?')}) on {backend}, threads={setting}"
-    stored = [r for r in (bundle.manifest.get("bench") or {}).values()
-              if r.get("backend") == backend and str(r["threads"]) == setting and "memory_bound" in r]
+    stored = [r for r in bundle.manifest.bench_results(backend, setting) if "memory_bound" in r]
     partial_image, partial_text = image.with_suffix(".png.partial"), text.with_suffix(".md.partial")
     plot(points, axes, title, partial_image)
     partial_text.write_text(markdown(bundle, points, axes, setting, backend,
@@ -198,11 +197,8 @@ def _bench_missing(bundle: Bundle, backend: str, threads: str | None) -> None:
     from edgetx.measure.bench import BenchConfig, bench
 
     setting = threads or "default"
-    have = {r["variant"] for r in (bundle.manifest.get("bench") or {}).values()
-            if r.get("backend") == backend and str(r["threads"]) == setting}
+    have = {r["variant"] for r in bundle.manifest.bench_results(backend, setting)}
     missing = [name for name in bundle.variants if name not in have]
     count = None if setting == "default" else int(setting)
     results = bench(bundle, missing, backend, (count,), BenchConfig())
-    stored = dict(bundle.manifest.get("bench") or {})
-    stored.update({f"{r['variant']}@{r['backend']}@threads={r['threads']}": r for r in results})
-    bundle.update_manifest("bench", stored)
+    bundle.update_manifest("bench", bundle.manifest.with_bench(results))

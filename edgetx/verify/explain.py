@@ -214,7 +214,7 @@ def explain_bundle(bundle, variant: str = "fp32", against: str | None = None, ba
     target = bundle.file(bundle.variant(variant).file)
     if against is None:
         against = "fp32" if variant != "fp32" else (variant if against_backend else "pytorch")
-    optimization = bundle.manifest.get("optimization") or {}
+    optimization = bundle.manifest.optimization or {}
     if against == "pytorch" and optimization.get("winner", "unfused") != "unfused":
         raise EdgetxError(f"{bundle.path}'s fp32 graph is the fused candidate {optimization['winner']!r}: values "
                           "inside fused ops have no PyTorch module to compare with. Rebuild with --no-optimize to "
@@ -226,7 +226,7 @@ def explain_bundle(bundle, variant: str = "fp32", against: str | None = None, ba
         except ImportError as e:
             raise EdgetxError(f"comparing with PyTorch needs the export extra ({e}): pip install 'edgetx[export]'; "
                               "or compare two variants/backends with --against") from None
-        source = bundle.manifest["provenance"].get("source")
+        source = bundle.manifest.provenance.get("source")
         if not source or not Path(source).exists():
             raise EdgetxError(f"the source model {source!r} named in {bundle.path}/manifest.json is not on this "
                               "machine; compare with another variant or backend instead (--against)")

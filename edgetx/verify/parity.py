@@ -70,13 +70,12 @@ def verify(bundle: Bundle, backend: str = "ort-cpu", variants: list[str] | None 
     reports = []
     for name in variants or list(bundle.variants):
         variant = bundle.variant(name)
-        entry = bundle.manifest["variants"][name]
-        tolerance, note = _backend_tolerance(plugin, variant.precision, entry.get("tolerance"))
+        tolerance, note = _backend_tolerance(plugin, variant.precision, variant.tolerance)
         session = Session(bundle, variant=name, backend=backend, threads=threads)
         report = ParityReport(name, backend, variant.precision, tolerance.to_dict(),
                               tolerance_label=kind.tolerance_label(tolerance.to_dict()))
         if plugin.model_format == FIXED_FORMAT:
-            dims = (entry.get("fixed_shape") or {}).get("dims")
+            dims = (variant.fixed_shape or {}).get("dims")
             if not dims:
                 raise BundleError(f"variant {name!r} has a fixed-shape file but no recorded dims (fixed_shape.dims)")
             report.checks = verify_fixed_shape(bundle, session, tolerance, dims, threads, note)
@@ -135,7 +134,7 @@ def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: in
                 reports += verify(bundle, backend=backend, variants=[name], threads=threads)
             except BackendError as e:  # a stack that cannot load or run this variant: a row, not a crash
                 variant = bundle.variant(name)
-                tolerance = tolerance_for(variant.precision, bundle.manifest["variants"][name].get("tolerance"))
+                tolerance = tolerance_for(variant.precision, variant.tolerance)
                 report = ParityReport(name, backend, variant.precision, tolerance.to_dict())
                 text = " ".join(str(e).split())
                 text = text if len(text) <= 500 else f"{text[:180]} ... {text[-300:]}"  # the cause is often last

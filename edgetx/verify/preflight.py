@@ -124,8 +124,7 @@ def _compare(bundle: Bundle, plugin, variant, want: dict, got: dict) -> dict:
     from edgetx.verify.fixed import compare_runs
     from edgetx.verify.parity import _backend_tolerance
 
-    tolerance, note = _backend_tolerance(plugin, variant.precision,
-                                         bundle.manifest["variants"][variant.name].get("tolerance"))
+    tolerance, note = _backend_tolerance(plugin, variant.precision, variant.tolerance)
     names = [k for k in want if k in got]
     ok, diff, detail = compare_runs(kind_of(bundle), tolerance, {k: want[k] for k in names}, {k: got[k] for k in names})
     if not np.isfinite(diff):
@@ -149,10 +148,9 @@ def check_variant(bundle: Bundle, backend: str, name: str) -> VariantPreflight:
         raise InputError(f"backend {backend!r} does not report node placement; pre-flight needs one that does "
                          "(e.g. qnn, openvino, xnnpack)")
     variant = bundle.variant(name)
-    entry = bundle.manifest["variants"][name]
     needs_fixed = plugin.model_format == FIXED_FORMAT
     fixed = FIXED_FORMAT in (variant.formats or {})
-    dims = (entry.get("fixed_shape") or {}).get("dims") if fixed else None
+    dims = (variant.fixed_shape or {}).get("dims") if fixed else None
     rel = variant.file_for(FIXED_FORMAT) if (needs_fixed and fixed) else variant.file
     result = VariantPreflight(name, variant.precision, rel, ("fixed " + ",".join(f"{k}={v}" for k, v in dims.items()))
                               if dims and rel != variant.file else "dynamic", provider)
