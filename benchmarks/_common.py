@@ -23,7 +23,8 @@ MINILM_SHAPES: tuple[tuple[int, int], ...] = ((1, 128), (32, 128))
 
 
 def log(message: str) -> None:
-    """Progress line for the orchestrator (stderr, flushed)."""
+    """A progress line for the orchestrator, which relays it to edgetx's progress channel: workers run in
+    the peers' own virtualenvs, without edgetx, so their channel is this prefixed line on stderr."""
     print(f"    {message}", file=sys.stderr, flush=True)
 
 

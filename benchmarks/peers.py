@@ -16,6 +16,7 @@ Run with the main .venv's python:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata as md
 import importlib.util
 import json
@@ -25,10 +26,13 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+
+from edgetx import progress
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -52,23 +56,13 @@ STEPS: dict[str, float] = {}
 REINSTALLED: set[str] = set()
 
 
-def step(message: str) -> None:
-    err.print(f"[bold cyan]▶[/bold cyan] {message}")
-
-
-class StepTimer:
-    """Time a named step for the final summary (and the JSON)."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __enter__(self) -> None:
-        step(self.name)
-        self.started = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        STEPS[self.name] = round(time.perf_counter() - self.started, 1)
-        err.print(f"  [dim]{self.name}: {STEPS[self.name]:.1f} s[/dim]")
+@contextlib.contextmanager
+def StepTimer(name: str) -> Iterator[None]:
+    """A named step through edgetx's progress channel, its time kept for the final summary (and the JSON)."""
+    started = time.perf_counter()
+    with progress.stage(name):
+        yield
+    STEPS[name] = round(time.perf_counter() - started, 1)
 
 
 def parse_args() -> argparse.Namespace:
@@ -192,7 +186,7 @@ def run_worker(python: Path, script: str, spec: dict, label: str) -> tuple[list[
         for line in proc.stdout:
             log.write(line)
             if line.startswith("    "):
-                err.print(f"[dim]{line.rstrip()}[/dim]")
+                progress.log.info("%s", line.strip())
             if line.strip():
                 tail = (tail + [line.strip()])[-20:]
         proc.wait()
@@ -261,7 +255,7 @@ def bench_model(model: str, args: argparse.Namespace, versions: dict) -> dict:
             versions[tool] = got_versions
         except Exception as error:
             reason = " ".join(str(error).split())
-            err.print(f"  [red]{tool} failed:[/red] {reason}")
+            progress.log.warning("%s failed: %s", tool, reason)
             rows += failed(tool, names, reason)
     eval_ids = np.load(inputs)["eval"] if model == "smollm2" else None
     reference = add_accuracy(model, rows, arrays, eval_ids)
@@ -273,6 +267,7 @@ def bench_model(model: str, args: argparse.Namespace, versions: dict) -> dict:
 
 def main() -> None:
     args = parse_args()
+    progress.show_on(err)
     args.cache = args.cache.resolve()
     started = time.perf_counter()
     versions: dict[str, dict] = {"edgetx": {"edgetx": md.version("edgetx"), "onnxruntime": md.version("onnxruntime")},
