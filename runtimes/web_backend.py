@@ -21,6 +21,8 @@ from edgetx.runtimes.base import Availability, Backend, SessionOptions, register
 from edgetx.runtimes.remote import WorkerSession
 
 ORT_WEB_VERSION = "1.30.0"  # the onnxruntime-web the JS runtime is tested with (web_provision installs it)
+AJV_VERSION = "8.20.0"  # the JSON Schema validator the JS runtime checks manifests with
+NPM_PACKAGES = {"onnxruntime-web": ORT_WEB_VERSION, "ajv": AJV_VERSION}
 WEB_DIR = Path(__file__).resolve().parent / "web"
 WORKER = WEB_DIR / "worker.mjs"
 GENERATE = WEB_DIR / "generate.mjs"

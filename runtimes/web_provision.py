@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgetx.runtimes.web_backend import ORT_WEB_VERSION  # noqa: E402  (one pin, kept with the backend)
+from edgetx.runtimes.web_backend import NPM_PACKAGES, ORT_WEB_VERSION  # noqa: E402  (pins kept with the backend)
 STAMP = ".edgetx-web-stamp.json"
 
 
@@ -33,10 +33,10 @@ def module_dir(root: Path) -> Path:
     return root / "node_modules" / "onnxruntime-web"
 
 
-def installed_version(root: Path) -> str | None:
-    """The onnxruntime-web version installed under `root`, or None."""
+def installed_version(root: Path, package: str = "onnxruntime-web") -> str | None:
+    """The version of an npm package installed under `root`, or None."""
     try:
-        return json.loads((module_dir(root) / "package.json").read_text()).get("version")
+        return json.loads((root / "node_modules" / package / "package.json").read_text()).get("version")
     except (OSError, ValueError):
         return None
 
@@ -47,7 +47,8 @@ def is_provisioned(root: Path) -> bool:
         stamp = json.loads((root / STAMP).read_text())
     except (OSError, ValueError):
         return False
-    return stamp.get("onnxruntime-web") == ORT_WEB_VERSION and installed_version(root) == ORT_WEB_VERSION
+    return all(stamp.get(name) == version and installed_version(root, name) == version
+               for name, version in NPM_PACKAGES.items())
 
 
 def provision(root: Path, force: bool = False) -> str:
@@ -64,17 +65,18 @@ def provision(root: Path, force: bool = False) -> str:
     if not (root / "package.json").exists():  # keeps npm from walking up to an enclosing project
         (root / "package.json").write_text(json.dumps({"name": "edgetx-web-runtime", "private": True}) + "\n")
     argv = [npm, "install", "--prefix", str(root), "--cache", str(root / ".npm-cache"), "--no-audit",
-            "--no-fund", "--save-exact", f"onnxruntime-web@{ORT_WEB_VERSION}"]
+            "--no-fund", "--save-exact", *(f"{name}@{version}" for name, version in NPM_PACKAGES.items())]
     started = time.perf_counter()
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"`{' '.join(argv[1:])}` failed ({tail}); check that the npm registry is reachable")
-    version = installed_version(root)
-    if version != ORT_WEB_VERSION:
-        raise RuntimeError(f"npm finished but {module_dir(root)} holds version {version!r}, "
-                           f"not {ORT_WEB_VERSION}; remove {root} and run this again")
-    stamp = {"onnxruntime-web": ORT_WEB_VERSION, "seconds": round(time.perf_counter() - started, 1),
+    for name, wanted in NPM_PACKAGES.items():
+        version = installed_version(root, name)
+        if version != wanted:
+            raise RuntimeError(f"npm finished but {root / 'node_modules' / name} holds version {version!r}, "
+                               f"not {wanted}; remove {root} and run this again")
+    stamp = {**NPM_PACKAGES, "seconds": round(time.perf_counter() - started, 1),
              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (root / STAMP).write_text(json.dumps(stamp) + "\n")
     return f"onnxruntime-web {ORT_WEB_VERSION} provisioned in {root} ({stamp['seconds']} s)"

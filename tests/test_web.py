@@ -138,3 +138,21 @@ def test_ort_files_verify_on_web(web, tiny_bundle):
     to_ort(Bundle.load(tiny_bundle))
     reports = verify(Bundle.load(tiny_bundle), backend="web-ort")
     assert len(reports) == 3 and all(r.passed for r in reports), to_markdown(reports)
+
+
+def test_js_checks_the_manifest_schema_and_reads_v1_bundles(web, tmp_path):
+    """The JS runtime validates manifests against the same published schema (and migrates version 1)."""
+    import shutil
+
+    v1 = Path(__file__).parent / "data" / "v1-tiny-gpt"
+    result = js_generate(v1, PROMPT, 6)
+    assert result.returncode == 0, result.stderr
+    want = list(Generator(Session(v1)).tokens(list(PROMPT.encode()), GenerationConfig(max_new_tokens=6)))
+    assert json.loads(result.stdout)["tokens"] == want
+    broken = tmp_path / "broken"
+    shutil.copytree(v1, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["model"]["vocab_size"] = -4
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    result = js_generate(broken, PROMPT, 2)
+    assert result.returncode == 1 and "model.vocab_size must be a positive integer, got -4" in result.stderr

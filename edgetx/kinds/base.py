@@ -72,6 +72,17 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples) * 1e3
 
 
+def timed_ms(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+    """Wall time of each of `repeats` calls of `fn()` in milliseconds, after `warmup` untimed ones."""
+    samples = []
+    for rep in range(warmup + repeats):
+        started = time.perf_counter()
+        fn()
+        if rep >= warmup:
+            samples.append((time.perf_counter() - started) * 1e3)
+    return samples
+
+
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
     p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])
     return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "min_ms": float(min(samples_ms)),
@@ -208,13 +219,7 @@ class ModelKind:
     def bench(self, session: Any, config: Any) -> dict:
         """`edgetx bench` of one loaded variant: latency percentiles of the golden input."""
         feeds = self.golden_feeds(session.inputs, session.bundle.golden())
-        samples = []
-        for rep in range(config.warmup + config.repeats):
-            started = time.perf_counter()
-            session.run(feeds)
-            if rep >= config.warmup:
-                samples.append((time.perf_counter() - started) * 1e3)
-        return {"latency": percentiles(samples)}
+        return {"latency": percentiles(timed_ms(lambda: session.run(feeds), config.warmup, config.repeats))}
 
     def bench_extras(self, bundle: Any, results: list[dict]) -> None:
         """Figures added to a whole bench run (decoders: the memory-bandwidth floor)."""

@@ -8,13 +8,12 @@ alone gives the batch's embedding). Gates: cosine of pooled embeddings on held-o
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
 from edgetx.errors import BackendError, BundleError, InputError
-from edgetx.kinds.base import BenchTable, ModelKind, ReportAxes, percentiles, register_kind, stored_batch
+from edgetx.kinds.base import BenchTable, ModelKind, ReportAxes, percentiles, register_kind, stored_batch, timed_ms
 from edgetx.verify import metrics
 from edgetx.verify.report import Check
 
@@ -162,13 +161,7 @@ class Encoder(ModelKind):
                 seq = min(seq, session.model["max_positions"])
                 values = {"input_ids": np.resize(real_tokens, (batch, seq)), "attention_mask": np.ones((batch, seq))}
                 feeds = {s["name"]: values.get(s["name"], np.zeros((batch, seq))).astype(np.int64) for s in session.inputs}
-                samples = []
-                for rep in range(config.warmup + config.repeats):
-                    started = time.perf_counter()
-                    session.run(feeds)
-                    if rep >= config.warmup:
-                        samples.append((time.perf_counter() - started) * 1e3)
-                stats = percentiles(samples)
+                stats = percentiles(timed_ms(lambda: session.run(feeds), config.warmup, config.repeats))
                 rows.append({"batch": batch, "seq": seq, **stats, "sequences_per_s": batch * 1e3 / stats["p50_ms"]})
         return {"batches": rows}
 

@@ -40,22 +40,33 @@ async function sha256Hex(bytes) {
   return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-let ortPromise = null;
+const packages = new Map();
 
 /**
- * The onnxruntime-web module. In Node it comes from `$EDGETX_WEB_ROOT/node_modules` when that is set
- * (the folder `python -m edgetx.runtimes.web_provision` fills), else from a normal `import`, else from
+ * An npm package of the runtime (onnxruntime-web, ajv). In Node it comes from `$EDGETX_WEB_ROOT/node_modules`
+ * when that is set (the folder the web provisioning fills), else from a normal `import`, else from
  * `~/.cache/edgetx/web`. ESM ignores NODE_PATH, so the folder is resolved explicitly.
+ * @param {string} name
  * @returns {Promise<any>}
  */
+function importPackage(name) {
+  if (!packages.has(name)) packages.set(name, loadPackage(name));
+  return packages.get(name);
+}
+
+/** The onnxruntime-web module (see importPackage). */
 export function importOrt() {
-  ortPromise ??= (async () => {
-    if (!isNode) return import('onnxruntime-web');
+  return importPackage('onnxruntime-web');
+}
+
+function loadPackage(name) {
+  return (async () => {
+    if (!isNode) return import(name);
     const { createRequire } = await import('node:module');
     const { pathToFileURL } = await import('node:url');
     const { homedir } = await import('node:os');
     const fromRoot = async (root) => {
-      const entry = createRequire(`${root}/package.json`).resolve('onnxruntime-web');
+      const entry = createRequire(`${root}/package.json`).resolve(name);
       const mod = await import(pathToFileURL(entry).href);
       return mod.default ?? mod;
     };
@@ -64,22 +75,21 @@ export function importOrt() {
       try {
         return await fromRoot(root);
       } catch (e) {
-        throw new Error(`onnxruntime-web is not installed in EDGETX_WEB_ROOT=${root} (${e.message.split('\n')[0]}); ` +
+        throw new Error(`${name} is not installed in EDGETX_WEB_ROOT=${root} (${e.message.split('\n')[0]}); ` +
           'run `python -m edgetx.runtimes.web_provision`');
       }
     }
     try {
-      return await import('onnxruntime-web');
+      return await import(name);
     } catch {
       try {
         return await fromRoot(`${homedir()}/.cache/edgetx/web`);
       } catch {
-        throw new Error('onnxruntime-web not found: run `python -m edgetx.runtimes.web_provision` ' +
-          `(or npm install onnxruntime-web@${ORT_WEB_VERSION} beside this file)`);
+        throw new Error(`${name} not found: run \`python -m edgetx.runtimes.web_provision\` ` +
+          '(or npm install it beside this file)');
       }
     }
   })();
-  return ortPromise;
 }
 
 function bundlePath(dir, rel) {
@@ -89,13 +99,100 @@ function bundlePath(dir, rel) {
   return `${String(dir).replace(/\/+$/, '')}/${rel}`;
 }
 
+const SCHEMA_VERSION = 2;
+// Older schema versions this runtime reads, each migrated to the next (edgetx/bundle/manifest.py does the same).
+const MIGRATIONS = {
+  1: (manifest) => {
+    if (manifest.golden) delete manifest.golden.kind;
+    const note = manifest.provenance?.logits_to_keep;
+    if (note !== undefined) {
+      delete manifest.provenance.logits_to_keep;
+      const record = { pass: 'logits-to-keep', modified: note === 'added', ...(note === 'added' ? {} : { skipped: String(note) }) };
+      manifest.provenance.graph_edits = [...(manifest.provenance.graph_edits ?? []), record];
+    }
+    manifest.schema_version = 2;
+    return manifest;
+  },
+};
+
+let validatorPromise = null;
+
 /**
- * Read a bundle's manifest and one variant's model bytes, checking the file's sha256.
+ * The published manifest schema (edgetx/bundle/manifest.schema.json), compiled with ajv. In Node it is read
+ * from the installed edgetx package (edgetx/runtimes/web -> edgetx/bundle) or the source checkout
+ * (runtimes/web -> edgetx/bundle); a page passes `schemaUrl` to loadBundle.
+ * @param {string | URL} [schemaUrl]
+ */
+function manifestValidator(schemaUrl) {
+  validatorPromise ??= (async () => {
+    const candidates = schemaUrl ? [new URL(schemaUrl, isNode ? `file://${process.cwd()}/` : location.href)]
+      : [new URL('../../bundle/manifest.schema.json', import.meta.url),
+         new URL('../../edgetx/bundle/manifest.schema.json', import.meta.url)];
+    let text = null;
+    for (const url of candidates) {
+      try {
+        text = new TextDecoder().decode(await readBytes(isNode ? (await import('node:url')).fileURLToPath(url) : url.href));
+        break;
+      } catch { /* try the next layout */ }
+    }
+    if (text === null) throw new Error(`the manifest schema is not at ${candidates.map(String).join(' or ')}`);
+    const Ajv2020 = await importPackage('ajv/dist/2020.js');
+    const ajv = new Ajv2020({ allErrors: false, strict: false, verbose: true });
+    return ajv.compile(JSON.parse(text));
+  })();
+  return validatorPromise;
+}
+
+/** io.inputs[0], variants['fp32'].formats: a JSON pointer as edgetx names places in the manifest. */
+function location(pointer) {
+  const parts = pointer.split('/').slice(1).map((p) => p.replaceAll('~1', '/').replaceAll('~0', '~'));
+  let text = '';
+  parts.forEach((part, i) => {
+    if (/^\d+$/.test(part)) text += `[${part}]`;
+    else if ((i === 1 && ['variants', 'files', 'bench'].includes(parts[0])) || !/^[A-Za-z_]\w*$/.test(part)) {
+      text += `['${part}']`;
+    } else text += text ? `.${part}` : part;
+  });
+  return text || 'the manifest';
+}
+
+/**
+ * A manifest at the current schema version, checked against the published schema: older versions are
+ * migrated, a bad one is an Error naming the place and what was expected.
+ * @param {object} manifest
+ * @param {string} where
+ * @param {string | URL} [schemaUrl]
+ */
+export async function checkManifest(manifest, where, schemaUrl) {
+  if (manifest === null || typeof manifest !== 'object' || Array.isArray(manifest)) {
+    throw new Error(`${where}: expected a JSON object at the top level`);
+  }
+  let version = manifest.schema_version;
+  if (version !== SCHEMA_VERSION && !MIGRATIONS[version]) {
+    throw new Error(`${where}: schema_version ${JSON.stringify(version)} is not one this runtime reads ` +
+      `(it reads ${[...Object.keys(MIGRATIONS), SCHEMA_VERSION].join(', ')}); rebuild the bundle or upgrade edgetx`);
+  }
+  while (version !== SCHEMA_VERSION) {
+    manifest = MIGRATIONS[version](manifest);
+    version = manifest.schema_version;
+  }
+  const validate = await manifestValidator(schemaUrl);
+  if (!validate(manifest)) {
+    const [error] = validate.errors;
+    const expected = error.parentSchema?.errorMessage ?? error.message;
+    throw new Error(`${where}: ${location(error.instancePath)} ${expected}, got ${JSON.stringify(error.data)?.slice(0, 200)}`);
+  }
+  return manifest;
+}
+
+/**
+ * Read a bundle's manifest (checked against the published schema) and one variant's model bytes,
+ * checking the file's sha256.
  * @param {string} dir bundle folder (Node) or base URL (browser)
- * @param {{variant?: string, verify?: boolean}} [options]
+ * @param {{variant?: string, verify?: boolean, schemaUrl?: string}} [options]
  * @returns {Promise<{dir: string, manifest: object, variant: string, file: string, modelBytes: Uint8Array}>}
  */
-export async function loadBundle(dir, { variant = 'fp32', verify = true } = {}) {
+export async function loadBundle(dir, { variant = 'fp32', verify = true, schemaUrl } = {}) {
   const manifestPath = bundlePath(dir, 'manifest.json');
   let manifest;
   try {
@@ -103,9 +200,7 @@ export async function loadBundle(dir, { variant = 'fp32', verify = true } = {}) 
   } catch (e) {
     throw new Error(`${manifestPath}: cannot read the bundle manifest (${e.message}); is ${dir} an edgetx bundle?`);
   }
-  if (manifest.schema_version !== 1) {
-    throw new Error(`${manifestPath}: schema_version ${manifest.schema_version} is not 1; rebuild the bundle`);
-  }
+  manifest = await checkManifest(manifest, manifestPath, schemaUrl);
   const entry = manifest.variants?.[variant];
   if (!entry) {
     const known = Object.keys(manifest.variants ?? {}).join(', ') || 'none';
