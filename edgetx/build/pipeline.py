@@ -1,9 +1,18 @@
-"""`build`: a trained model in, a verified bundle out.
+"""`build`: a trained model in, a verified bundle out. Each stage and the module that does it:
 
-Stages: load -> export fp32 ONNX -> capture golden I/O from PyTorch -> measure the fp32
-tolerance -> optimize (fused candidates, fastest passing kept) -> verify -> quantized variants
-(each behind its gate) -> write the manifest and move the bundle into place. Nothing is written
-at the target unless every stage succeeds.
+1. load the model: `edgetx.exporters.source.load_source` picks the exporter family (exporters/);
+2. export the fp32 ONNX graph with torch.onnx (dynamo), and capture the golden I/O from PyTorch — what the
+   model kind (edgetx.kinds) checks later;
+3. measure the fp32 tolerance: `edgetx.verify.parity.measure_fp32_tolerance`;
+4. optimize: `edgetx.build.select.select_graph` builds graph candidates from `edgetx.passes`, verifies each
+   and keeps the fastest that passes;
+5. the kind's own graph edits (`ModelKind.finish_graph`: a causal LM's logits_to_keep input);
+6. verify the kept graph against the golden I/O (`edgetx.verify.parity.verify`);
+7. quantized variants, each behind its gate: `edgetx.quant.gates.quantize_gated` (schemes in
+   edgetx.quant.schemes, applied by edgetx.quant.apply), then verified like fp32;
+8. write: `edgetx.bundle.BundleWriter.commit` hashes every file, checks the manifest against its schema
+   (edgetx/bundle/manifest.schema.json) and renames the folder into place.
+Nothing is written at the target unless every stage succeeds. Progress goes through edgetx.progress.
 """
 
 from __future__ import annotations
