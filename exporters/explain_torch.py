@@ -15,7 +15,7 @@ import torch
 
 from edgetx.verify import metrics
 from edgetx.verify.explain import Explanation, Point, block_of, module_path, with_outputs
-from edgetx.runtimes.base import SessionOptions, get_backend
+from edgetx.runtimes.backend import SessionOptions, get_backend
 from edgetx.verify.tolerances import INTERMEDIATE_REL_TOL
 
 

@@ -1,15 +1,25 @@
-"""Where a bundle runs: backends behind one interface, and the embedding API for apps.
+"""Where a bundle runs: backends behind one interface (backend.py, one folder per backend), and the
+embedding API for apps (Session, Generator).
 
-Torch-free: importing this needs onnxruntime and numpy only.
+Torch-free: it needs onnxruntime and numpy only. Importing this package is light: the names below load
+their modules on first use, and the backends register when the registry is first asked.
 """
 
-from edgetx.runtimes import arm64, ort_cpu, ort_format, web_backend  # noqa: F401  (register the backends)
-from edgetx.runtimes import openvino, qnn, xnnpack  # noqa: F401  (vendor backends, each optional)
-from edgetx.runtimes.base import Availability, Backend, BackendSession, RunResult, SessionOptions, get_backend, list_backends, register_backend
-from edgetx.runtimes.generate import GenerationConfig, Generator
-from edgetx.runtimes.session import Session
+from __future__ import annotations
 
-__all__ = [
-    "Availability", "Backend", "BackendSession", "GenerationConfig", "Generator", "RunResult",
-    "Session", "SessionOptions", "get_backend", "list_backends", "register_backend",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Availability": "backend", "Backend": "backend", "BackendSession": "backend", "Capabilities": "backend",
+    "FIXED_FORMAT": "backend", "REFERENCE_BACKEND": "backend", "RunResult": "backend", "SessionOptions": "backend",
+    "get_backend": "backend", "list_backends": "backend", "register_backend": "backend",
+    "GenerationConfig": "generate", "Generator": "generate", "Session": "session",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'edgetx.runtimes' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"edgetx.runtimes.{_EXPORTS[name]}"), name)

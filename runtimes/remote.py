@@ -6,6 +6,7 @@ forwards each run. The worker's stderr is kept so that its failure is reported i
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import weakref
@@ -14,8 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.errors import BackendError
-from edgetx.runtimes import wire
-from edgetx.runtimes.base import BackendSession, RunResult, SessionOptions
+from edgetx.runtimes.backend import BackendSession, RunResult, SessionOptions
+from edgetx.runtimes.worker import wire
+
+WORKER = Path(__file__).resolve().parent / "worker" / "ort_worker.py"  # the stand-alone onnxruntime worker
+
+
+def worker_environment(**extra: str) -> dict[str, str]:
+    """A small, explicit environment for a worker (nothing from the host's Python leaks in)."""
+    return {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LC_ALL": "C.UTF-8",
+            "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -49,7 +58,7 @@ class WorkerSession(BackendSession):
         self._outputs: list[str] = reply["outputs"]
         self.runtime: str = reply.get("runtime", "")
         self.providers: list[str] = reply.get("providers", [])
-        self.placement: dict | None = reply.get("placement")  # where each node runs, when asked for
+        self._placement: dict | None = reply.get("placement")  # where each node runs, when asked for
 
     def _request(self, header: dict, arrays: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
         try:
@@ -66,6 +75,10 @@ class WorkerSession(BackendSession):
         self._stderr.seek(0)
         text = self._stderr.read().decode(errors="replace").strip().splitlines()[-lines:]
         return (":\n  " + "\n  ".join(text)) if text else ""
+
+    @property
+    def placement(self) -> dict | None:
+        return self._placement
 
     @property
     def output_names(self) -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgetx.bundle import MANIFEST, Bundle
 from edgetx.errors import BundleError, InputError
-from edgetx.runtimes.base import RunResult, SessionOptions, get_backend
+from edgetx.runtimes.backend import REFERENCE_BACKEND, RunResult, SessionOptions, get_backend
 from edgetx.kinds import ModelKind, get_kind, require_helper
 from edgetx.runtimes.tokenizer import Tokenizer, tokenizer_for
 
@@ -153,12 +153,12 @@ class Session:
         outputs = session.run({"input_ids": ids, ...})     # dict of numpy arrays
     """
 
-    def __init__(self, bundle: Bundle | str | os.PathLike, variant: str = "fp32", backend: str = "ort-cpu",
+    def __init__(self, bundle: Bundle | str | os.PathLike, variant: str = "fp32", backend: str = REFERENCE_BACKEND,
                  threads: int | None = None, verify_hashes: bool = True, graph_optimization: str | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, verify_hashes=verify_hashes)
         self.variant = self.bundle.variant(variant)
         self.backend = get_backend(backend)
-        self.model_path: Path = self.bundle.file(self.variant.file_for(self.backend.model_format))
+        self.model_path: Path = self.bundle.file(self.variant.file_for(self.backend.capabilities.model_format))
         self.inputs, self.outputs, self._limits, self._max_length = check_signature(self.bundle)
         options = SessionOptions(threads=threads, graph_optimization=graph_optimization)
         self._session = self.backend.create_session(self.model_path, options)
@@ -171,6 +171,15 @@ class Session:
     @property
     def model(self) -> dict:
         return self.bundle.model
+
+    @property
+    def placement(self) -> dict | None:
+        """Where the backend runs each node, for backends that report it (Capabilities.reports_placement)."""
+        return self._session.placement
+
+    def close(self) -> None:
+        """Release the backend session (a worker process, ...)."""
+        self._session.close()
 
     @property
     def kind(self) -> ModelKind:

@@ -1,5 +1,5 @@
-"""What the vendor backends (qnn, openvino, xnnpack) share: a provisioned environment under a root
-folder, a worker process (`ort_worker.py`) running the vendor's onnxruntime, and node placement.
+"""What the vendor backends (qnn, openvino, xnnpack) share: a provisioned environment (edgetx.runtimes.
+environment), a worker process (worker/ort_worker.py) running the vendor's onnxruntime, and node placement.
 
 Each vendor library runs out of process, so a crash inside it becomes a BackendError that quotes
 the worker's last words, not a dead test run. Every session also reports where its nodes run
@@ -9,80 +9,24 @@ is "0"; `summarize_placement` turns that into counts per op type.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 from collections import Counter
 from pathlib import Path
 
 from edgetx.errors import BackendError
-from edgetx.runtimes.base import Availability, Backend, SessionOptions
-from edgetx.runtimes.remote import WorkerSession
-from edgetx.runtimes.vendor_provision import STAMP, WORKER_DIR, root_from_env
+from edgetx.runtimes.backend import SessionOptions
+from edgetx.runtimes.environment import ProvisionedBackend
+from edgetx.runtimes.remote import WORKER, WorkerSession, worker_environment
 
-WORKER = WORKER_DIR / "ort_worker.py"
 PLACEMENT_OPTION = "edgetx.placement"  # SessionOptions.extra: "0" = do not measure placement
 CPU_EP = "CPUExecutionProvider"
 
 
-class VendorBackend(Backend):
-    """A backend whose onnxruntime lives in ROOT/env, provisioned by `python -m edgetx.runtimes.NAME_provision`."""
+class VendorBackend(ProvisionedBackend):
+    """A backend whose onnxruntime lives in ROOT/env and whose sessions report node placement."""
 
-    root_variable = ""  # e.g. EDGETX_QNN_ROOT
-    default_root = ""  # e.g. ~/.cache/edgetx/qnn
-    provision_module = ""  # e.g. qnn_provision
-    make_target = ""  # e.g. provision-qnn
-    provider = ""  # the execution provider this backend is about, e.g. QNNExecutionProvider
     option_prefix = ""  # SessionOptions.extra keys with this prefix configure the backend, not onnxruntime
-    reports_placement = True  # its sessions carry `placement` (edgetx preflight needs it)
-
-    def root(self) -> Path:
-        return root_from_env(self.root_variable, self.default_root)
-
-    def provision_hint(self, where: Path) -> str:
-        custom = "" if where == Path(self.default_root).expanduser().absolute() else f" --root {where}"
-        return f"run `python -m edgetx.runtimes.{self.provision_module}{custom}` (or `make {self.make_target}`)"
-
-    def host_problem(self) -> str | None:
-        """Why this host cannot run the stack at all, or None."""
-        if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-            return f"{self.name} is provisioned for x86-64 Linux; this host is {platform.system()} {platform.machine()}"
-        return None
-
-    def environment(self) -> tuple[Path, dict]:
-        """(ROOT/env, its stamp), or raise BackendError saying what is missing and how to fix it."""
-        problem = self.host_problem()
-        if problem:
-            raise BackendError(problem)
-        where = self.root()
-        env = where / "env"
-        try:
-            stamp = json.loads((env / STAMP).read_text())
-        except FileNotFoundError:
-            raise BackendError(f"not provisioned at {where}: {self.provision_hint(where)}") from None
-        except (OSError, ValueError) as e:
-            raise BackendError(f"{env / STAMP} is unreadable ({e}): {self.provision_hint(where)} --force") from None
-        for needed in self.required_files(env, stamp):
-            if not needed.exists():
-                raise BackendError(f"{needed} is missing: {self.provision_hint(where)} --force")
-        if not WORKER.is_file():
-            raise BackendError(f"the worker script {WORKER} is missing from this edgetx install; reinstall edgetx")
-        return env, stamp
-
-    def availability(self) -> Availability:
-        try:
-            env, stamp = self.environment()
-        except BackendError as e:
-            return Availability(False, str(e))
-        return Availability(True, f"{self.describe(stamp)}; {env}")
 
     # --- what each vendor backend defines ------------------------------------------------------
-
-    def required_files(self, env: Path, stamp: dict) -> list[Path]:
-        return []
-
-    def describe(self, stamp: dict) -> str:
-        return f"onnxruntime {stamp.get('onnxruntime', '?')}"
 
     def worker_command(self, env: Path, stamp: dict) -> tuple[list[str], dict[str, str]]:
         """(argv that runs ort_worker.py, its environment)."""
@@ -95,7 +39,7 @@ class VendorBackend(Backend):
     # --- sessions ------------------------------------------------------------------------------
 
     def create_session(self, model_path: Path, options: SessionOptions) -> WorkerSession:
-        env, stamp = self.environment()
+        env, stamp = self.environment_dir()
         model_path = Path(model_path)
         if not model_path.is_file():
             raise BackendError(f"{self.name}: model file {model_path} does not exist")
@@ -108,11 +52,9 @@ class VendorBackend(Backend):
         return WorkerSession(argv, model_path, worker_options, label=f"{self.name} ({model_path.name})",
                              env=worker_env, load_fields=fields)
 
-
-def base_env(**extra: str) -> dict[str, str]:
-    """A small, explicit environment for a worker (nothing from the host's Python leaks in)."""
-    return {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LC_ALL": "C.UTF-8",
-            "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", **extra}
+    def python_worker(self, env: Path, stamp: dict) -> tuple[list[str], dict[str, str]]:
+        """ort_worker.py run by the environment's own venv Python (ROOT/env/venv)."""
+        return [str(env / stamp.get("python", "venv/bin/python")), str(WORKER)], worker_environment()
 
 
 def summarize_placement(placement: dict | None, provider: str) -> dict | None:

@@ -1,7 +1,6 @@
 """The "arm64" backend: the aarch64 onnxruntime wheel under QEMU user mode (NEON cpu), torch-free.
 
-Needs `python -m edgetx.runtimes.arm64_provision` (`make provision-arm64`; the Makefile points
-EDGETX_ARM64_ROOT at .cache/arm64). A missing backend skips these with the reason, or fails them
+Needs `edgetx provision arm64` (`make provision-arm64`). A missing backend skips these with the reason, or fails them
 where it is required (`make test`, CI). Emulation is 50-300x slower and each worker start costs
 ~3-5 s, so sessions are few and reused.
 """
@@ -72,9 +71,9 @@ def test_unprovisioned_root_says_how_to_provision(tmp_path, monkeypatch):
     status = arm64.Arm64Backend().availability()
     assert not status.available
     assert str(tmp_path) in status.reason, status.reason
-    assert f"python -m edgetx.runtimes.arm64_provision --root {tmp_path}" in status.reason, status.reason
+    assert f"edgetx provision arm64 --root {tmp_path}" in status.reason, status.reason
     assert "make provision-arm64" in status.reason, status.reason
-    with pytest.raises(BackendError, match="arm64_provision"):
+    with pytest.raises(BackendError, match="edgetx provision arm64"):
         arm64.Arm64Backend().create_session(tmp_path / "model.onnx", SessionOptions())
 
 

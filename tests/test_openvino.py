@@ -1,7 +1,6 @@
 """The "openvino" backend: onnxruntime-openvino in its own venv, out of process, on this CPU.
 
-Needs `python -m edgetx.runtimes.openvino_provision` (the Makefile points EDGETX_OPENVINO_ROOT at
-.cache/openvino). Unavailable: skipped with the reason, or failed where required.
+Needs `edgetx provision openvino` (`make provision-openvino`). Unavailable: skipped with the reason, or failed where required.
 """
 
 from __future__ import annotations
@@ -64,7 +63,7 @@ def test_unprovisioned_root_says_how(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EDGETX_OPENVINO_ROOT", str(tmp_path))
     status = OpenVinoBackend().availability()
-    assert not status.available and "openvino_provision" in status.reason
+    assert not status.available and "edgetx provision openvino" in status.reason
 
 
 def test_whole_matrix_reports_unloadable_graphs_as_not_runnable(backend, tiny_bundle_master):

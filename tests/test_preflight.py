@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "runtimes"))  # ort_worker / onnx_nodes are plain scripts for the workers
+sys.path.insert(0, str(REPO / "runtimes" / "worker"))  # ort_worker / onnx_nodes are plain scripts for the workers
 
 LOG = """\
 2026-11-28 23:56:37.83 [V:onnxruntime:, qnn_execution_provider.cc:1713 LogNodeSupport] Validation FAILED for 1 nodes in OrtNodeUnit (Erf) :

@@ -1,6 +1,6 @@
 """The "qnn" backend: the onnxruntime-qnn plugin EP on the Hexagon HTP simulator, out of process.
 
-Needs `python -m edgetx.runtimes.qnn_provision` (the Makefile points EDGETX_QNN_ROOT at .cache/qnn).
+Needs `edgetx provision qnn` (`make provision-qnn`).
 Unavailable: skipped with the reason, or failed where required (EDGETX_REQUIRE_BACKENDS, CI).
 The HTP takes fixed shapes, so each test adds fixed-shape copies to its own bundle first.
 """
@@ -87,4 +87,4 @@ def test_unprovisioned_root_says_how(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EDGETX_QNN_ROOT", str(tmp_path))
     status = QnnBackend().availability()
-    assert not status.available and "qnn_provision" in status.reason and str(tmp_path) in status.reason
+    assert not status.available and "edgetx provision qnn" in status.reason and str(tmp_path) in status.reason

@@ -99,7 +99,7 @@ def test_wire_keeps_every_shape_including_scalars():
     logits_to_keep must arrive as a scalar, a non-contiguous view as its values."""
     import io
 
-    from edgetx.runtimes.wire import read_message, write_message
+    from edgetx.runtimes.worker.wire import read_message, write_message
 
     arrays = {"scalar": np.array(1, dtype=np.int64), "matrix": np.arange(12, dtype=np.float32).reshape(3, 4).T,
               "empty": np.zeros((1, 3, 0, 8), dtype=np.float32)}

@@ -1,6 +1,6 @@
 """The web backend (onnxruntime-web wasm in Node) and the JS runtime in runtimes/web/.
 
-Needs Node.js >= 18 and `python -m edgetx.runtimes.web_provision`. A missing backend skips these
+Needs Node.js >= 18 and `edgetx provision web`. A missing backend skips these
 with the reason, or fails them where it is required (`make test`, CI).
 """
 
@@ -19,9 +19,8 @@ from edgetx.errors import BackendError
 from edgetx.verify.report import to_markdown
 from edgetx.verify.parity import verify
 from edgetx.runtimes import GenerationConfig, Generator, Session, SessionOptions, get_backend
-from edgetx.runtimes import web_backend
+from edgetx.runtimes import web as web_backend
 from edgetx.kinds.decoding import causal_feeds
-from edgetx.runtimes.web_provision import default_root
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +38,7 @@ def js_generate(bundle: Path, prompt: str, max_tokens: int, variant: str = "fp32
     """Run runtimes/web/generate.mjs --json on a bundle."""
     argv = [web_backend.node_executable(), str(web_backend.GENERATE), str(bundle), "--prompt", prompt,
             "--max-tokens", str(max_tokens), "--variant", variant, "--json", *extra]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=web_backend.worker_env(default_root()))
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=web_backend.worker_env())
 
 
 def test_every_variant_verifies_on_web(web, tiny_bundle_master):
@@ -125,10 +124,10 @@ def test_unprovisioned_root_gives_an_actionable_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGETX_WEB_ROOT", str(tmp_path))
     status = web_backend.WebBackend().availability()
     assert not status.available
-    assert "python -m edgetx.runtimes.web_provision" in status.reason
+    assert "edgetx provision web" in status.reason
     if web_backend.node_executable():
         assert str(tmp_path) in status.reason
-    with pytest.raises(BackendError, match="web_provision"):
+    with pytest.raises(BackendError, match="edgetx provision web"):
         get_backend("web")
 
 

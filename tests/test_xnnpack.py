@@ -1,8 +1,7 @@
 """The "xnnpack" backend: Debian trixie's onnxruntime 1.21 (with XNNPACK), unpacked, run through its
 own ld-linux out of process. Fixed shapes only.
 
-Needs `python -m edgetx.runtimes.xnnpack_provision` (the Makefile points EDGETX_XNNPACK_ROOT at
-.cache/xnnpack). Unavailable: skipped with the reason, or failed where required.
+Needs `edgetx provision xnnpack` (`make provision-xnnpack`). Unavailable: skipped with the reason, or failed where required.
 """
 
 from __future__ import annotations
@@ -53,4 +52,4 @@ def test_unprovisioned_root_says_how(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EDGETX_XNNPACK_ROOT", str(tmp_path))
     status = XnnpackBackend().availability()
-    assert not status.available and "xnnpack_provision" in status.reason
+    assert not status.available and "edgetx provision xnnpack" in status.reason

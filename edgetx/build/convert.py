@@ -27,7 +27,8 @@ from edgetx.bundle import Bundle
 from edgetx.errors import EdgetxError, InputError
 from edgetx.passes.fixed_dims import fix_model
 from edgetx.runtimes.session import Session
-from edgetx.verify.fixed import FIXED_FORMAT, compare_runs, fixed_feeds
+from edgetx.verify.fixed import compare_runs, fixed_feeds
+from edgetx.runtimes.backend import FIXED_FORMAT, REFERENCE_BACKEND
 
 REQUIRED_OPERATORS = "mobile/required_operators.config"
 USABILITY_EPS = {"NNAPI": "nnapi", "CoreML NeuralNetwork": "coreml_supported_neuralnetwork_ops.md",
@@ -165,7 +166,7 @@ def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None =
     """Write `VARIANT/model.fixed.onnx` for each (or the named) variant, check it against the dynamic
     variant on ort-cpu, and record it (format "onnx-fixed" and its dims) in the manifest. `transform`
     (named `transform_name` in the manifest) is applied to each fixed copy before the check."""
-    from edgetx.runtimes.base import SessionOptions, get_backend
+    from edgetx.runtimes.backend import SessionOptions, get_backend
     from edgetx.verify.tolerances import tolerance_for
 
     results, new_files = {}, {}
@@ -178,7 +179,7 @@ def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None =
             dynamic = Session(bundle, variant=name, verify_hashes=False)
             feeds = fixed_feeds(bundle, dynamic, dims)
             want = dynamic.run(feeds)
-            fixed = get_backend("ort-cpu").create_session(staged, SessionOptions())
+            fixed = get_backend(REFERENCE_BACKEND).create_session(staged, SessionOptions())
             got = fixed.run(feeds).outputs
             tolerance = tolerance_for(variant.precision, variant.tolerance)
             ok, diff, detail = compare_runs(dynamic.kind, tolerance, want, got)

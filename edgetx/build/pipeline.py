@@ -32,6 +32,7 @@ from edgetx import __version__, progress
 from edgetx.bundle import Bundle, BundleWriter
 from edgetx.errors import EdgetxError
 from edgetx.kinds import ModelKind, get_kind
+from edgetx.runtimes.backend import REFERENCE_BACKEND
 
 OPSET = 18
 
@@ -85,7 +86,7 @@ def _optimize_fp32(provisional: Bundle, writer: BundleWriter) -> dict:
         ir.save(model, writer.path(rel))
         return rel
 
-    selection = select_graph(provisional, "fp32/model.onnx", write, target="ort-cpu")
+    selection = select_graph(provisional, "fp32/model.onnx", write, target=REFERENCE_BACKEND)
     winner = next(c for c in selection.candidates if c["kept"])
     os.replace(writer.path(winner["file"]), writer.path("fp32/model.onnx"))
     shutil.rmtree(writer.path("candidates/x").parent, ignore_errors=True)
@@ -121,10 +122,10 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
             continue
         manifest["variants"][name] = provisional.manifest["variants"][name] = {
             "precision": s.precision, "file": f"{name}/model.onnx", "scheme": name, "tolerance": gate.to_dict()}
-        (report,) = verify(provisional, backend="ort-cpu", variants=[name])
+        (report,) = verify(provisional, backend=REFERENCE_BACKEND, variants=[name])
         if report.passed:
             manifest["variants"][name]["parity"] = report.to_dict()
-            session = Session(provisional, variant=name, backend="ort-cpu")
+            session = Session(provisional, variant=name, backend=REFERENCE_BACKEND)
             record["results"][name]["latency"] = kind.time_graph(session, provisional.golden())
         else:  # passed the gate against fp32 but not against PyTorch's golden answers: do not ship it
             record["results"][name]["rejected_by_parity"] = [f"{c.name}: {c.detail}" for c in report.checks if not c.passed]
@@ -197,7 +198,7 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
                 manifest["io"]["inputs"] += added  # the provisional bundle shares io
                 manifest["provenance"]["graph_edits"] = log
         with stage("verify the kept fp32 graph against the golden I/O"):
-            reports = verify(provisional, backend="ort-cpu")
+            reports = verify(provisional, backend=REFERENCE_BACKEND)
         failed = [r for r in reports if not r.passed]
         if failed:
             lines = [f"{r.variant}: {c.name} failed (max |diff| {c.max_abs:.3g}, {c.detail})"

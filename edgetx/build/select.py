@@ -21,6 +21,7 @@ from edgetx.passes.cpu_kernels import CpuKernelRewrites
 from edgetx.passes.gqa_padding import GqaPaddedBatches
 from edgetx.passes.ort_fusions import OrtFusions
 from edgetx.passes.ort_offline import OrtOffline
+from edgetx.runtimes.backend import REFERENCE_BACKEND
 
 PADDING_CHECKS = {"padded batch", "padding invariance"}
 
@@ -82,7 +83,7 @@ def _time_interleaved(sessions: dict, entries: dict[str, dict], golden: dict, ti
         entries[name]["timing_rounds"] = len(runs)
 
 
-def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, target: str = "ort-cpu",
+def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, target: str = REFERENCE_BACKEND,
                  candidates: dict[str, list] | None = None, timer: Callable | None = None,
                  threads: int | None = None) -> Selection:
     """Build each candidate from the bundle's fp32 graph, keep the fastest that passes parity.

@@ -3,7 +3,7 @@
 A runtime trusts a model file's protobuf. A hostile or damaged one can point its external data
 outside the bundle, carry names that are not UTF-8 (onnxruntime's Python API then fails outside
 its own error handling) or tensors whose data does not match their shape. `OnnxCheck` reads the
-protobuf wire format directly: the runtime path has no onnx package (onnxruntime does not need it),
+protobuf wire format directly (edgetx.runtimes.worker.protowire): the runtime path has no onnx package (onnxruntime does not need it),
 and skipping tensor payloads keeps it cheap enough to run on every load.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgetx.bundle.files import MANIFEST
+from edgetx.runtimes.worker import protowire
 from edgetx.errors import BundleError
 
 # Cost: ~6 ms for the reference GPT, ~70 ms for SmolLM2-135M's 650 MB (hashing it takes 530 ms), so the
@@ -89,51 +90,16 @@ class OnnxCheck:
         if not has_graph:
             raise self._error(0, ("model",), "it holds no graph")
 
+    def _fail(self, pos: int, where: tuple[str, ...], what: str):
+        raise self._error(pos, where, what)
+
     def _error(self, pos: int, where: tuple[str, ...], what: str) -> BundleError:
         return BundleError(f"{self.path}: not a valid ONNX model: {what} (at byte {pos}, in {'.'.join(where)}); "
                            "the file is damaged or was not written by an ONNX exporter, rebuild the bundle")
 
-    def _varint(self, pos: int, end: int, where: tuple[str, ...]) -> tuple[int, int]:
-        data, result, shift = self.data, 0, 0
-        while True:
-            if pos >= end:
-                raise self._error(pos, where, "a number runs past the end of its message (truncated?)")
-            byte = data[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return result & 0xFFFF_FFFF_FFFF_FFFF, pos
-            shift += 7
-            if shift > 63:
-                raise self._error(pos, where, "a number is longer than 10 bytes")
-
     def _fields(self, start: int, end: int, where: tuple[str, ...]) -> Iterator[tuple[int, int, int, int]]:
         """(field number, wire type, value or payload start, payload end) of each field in [start, end)."""
-        data, pos = self.data, start
-        while pos < end:
-            key = data[pos]  # one-byte numbers (the common case) are read inline: the walk is hot
-            key, pos = (key, pos + 1) if key < 0x80 else self._varint(pos, end, where)
-            field, wire = key >> 3, key & 7
-            if field == 0:
-                raise self._error(pos, where, "field number 0")
-            if wire == 0:
-                value, pos = self._varint(pos, end, where)
-                yield field, 0, value, pos
-            elif wire == 2:
-                length = data[pos] if pos < end else 0x80
-                length, pos = (length, pos + 1) if length < 0x80 else self._varint(pos, end, where)
-                if pos + length > end:
-                    raise self._error(pos, where, f"field {field} claims {length} bytes but only {end - pos} remain "
-                                                  "(truncated?)")
-                yield field, 2, pos, pos + length
-                pos += length
-            elif wire in (1, 5):
-                pos += 8 if wire == 1 else 4
-                if pos > end:
-                    raise self._error(pos, where, f"field {field} runs past the end of its message (truncated?)")
-                yield field, wire, 0, pos
-            else:
-                raise self._error(pos, where, f"field {field} has wire type {wire}, which ONNX never uses")
+        return protowire.fields(self.data, start, end, lambda pos, what: self._fail(pos, where, what))
 
     def _text(self, start: int, end: int, where: tuple[str, ...]) -> str:
         try:
@@ -177,7 +143,7 @@ class OnnxCheck:
                 dims.append(a)
             else:
                 while a < b:
-                    value, a = self._varint(a, b, where)
+                    value, a = protowire.varint(self.data, a, b, lambda pos, what: self._fail(pos, where, what))
                     dims.append(value)
         dims = [d - (1 << 64) if d >= 1 << 63 else d for d in dims]
         if any(d < 0 for d in dims):

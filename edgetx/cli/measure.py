@@ -11,6 +11,7 @@ from edgetx.cli.app import main
 from edgetx.cli.render import console, print_bench, print_report
 from edgetx.errors import EdgetxError
 from edgetx.kinds import kind_of
+from edgetx.runtimes.backend import REFERENCE_BACKEND
 
 
 def _ints(text: str, allow_default: bool = False) -> tuple:
@@ -29,7 +30,7 @@ def _ints(text: str, allow_default: bool = False) -> tuple:
 @click.option("--threads", "threads_text", default="default", show_default=True,
               help="Thread counts to sweep, e.g. 1,2 ('default' = the backend's).")
 @click.option("--variant", "variants", multiple=True, help="Variant(s) (default: all).")
-@click.option("--backend", default="ort-cpu", show_default=True)
+@click.option("--backend", default=REFERENCE_BACKEND, show_default=True)
 @click.option("--repeats", default=3, show_default=True)
 @click.option("--warmup", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
@@ -65,7 +66,7 @@ def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, s
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Folder for report.md and pareto.png "
               "(default: the bundle folder; they are derived from the manifest and not hash-listed).")
-@click.option("--backend", default="ort-cpu", show_default=True, help="Whose bench results to plot.")
+@click.option("--backend", default=REFERENCE_BACKEND, show_default=True, help="Whose bench results to plot.")
 @click.option("--threads", default=None, help="Thread setting of the bench results to use (default: "
               "'default' if every variant has it, else the smallest count they all have).")
 @click.option("--no-bench", is_flag=True, help="Fail instead of benchmarking variants that have no stored results.")

@@ -12,6 +12,7 @@ import numpy as np
 from edgetx.cli.app import main
 from edgetx.cli.render import console
 from edgetx.errors import EdgetxError
+from edgetx.runtimes.backend import REFERENCE_BACKEND
 
 
 @main.command()
@@ -25,7 +26,7 @@ from edgetx.errors import EdgetxError
 @click.option("--stop", multiple=True, help="Stop when this text appears (repeatable; not printed).")
 @click.option("--chat", is_flag=True, help="Wrap the prompt as a user message with the bundle's chat template.")
 @click.option("--variant", default="fp32", show_default=True)
-@click.option("--backend", default="ort-cpu", show_default=True)
+@click.option("--backend", default=REFERENCE_BACKEND, show_default=True)
 @click.option("--threads", type=int, default=None)
 def generate(bundle: Path, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
              top_p: float | None, seed: int | None, stop: tuple[str, ...], chat: bool, variant: str, backend: str,
@@ -64,7 +65,7 @@ def generate(bundle: Path, prompt: str, max_tokens: int, temperature: float, top
 @click.option("--file", "text_file", type=click.File("r"), help="Read texts from this file, one per line ('-' = stdin).")
 @click.option("--npy", type=click.Path(path_type=Path), help="Write the vectors to this .npy file instead of JSON.")
 @click.option("--variant", default="fp32", show_default=True)
-@click.option("--backend", default="ort-cpu", show_default=True)
+@click.option("--backend", default=REFERENCE_BACKEND, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
 def embed(bundle: Path, texts: tuple[str, ...], text_file, npy: Path | None, variant: str, backend: str,
           batch_size: int) -> None:

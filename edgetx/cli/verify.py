@@ -13,6 +13,7 @@ from edgetx.bundle import to_json
 from edgetx.cli.app import main
 from edgetx.cli.render import console, print_matrix, print_parity
 from edgetx.errors import EdgetxError
+from edgetx.runtimes.backend import REFERENCE_BACKEND
 
 
 @main.command()
@@ -54,7 +55,7 @@ def verify(bundle: Path, variants: tuple[str, ...], backends: tuple[str, ...], a
     from edgetx.verify.report import to_markdown
     from edgetx.verify.parity import verify_matrix
 
-    chosen = None if all_backends else list(backends) or ["ort-cpu"]
+    chosen = None if all_backends else list(backends) or [REFERENCE_BACKEND]
     with console.status("verifying ..."):
         reports = verify_matrix(loaded, backends=chosen, threads=threads, variants=list(variants) or None)
     reports = [r.to_dict() for r in reports]
@@ -81,7 +82,7 @@ def _explain(bundle, variants, backends, against, against_backend, rel_tol, as_j
     from edgetx.verify.explain import explain_bundle, render
 
     variant = variants[0] if variants else "fp32"
-    backend = backends[0] if backends else "ort-cpu"
+    backend = backends[0] if backends else REFERENCE_BACKEND
     kwargs = {"rel_tol": rel_tol} if rel_tol is not None else {}
     with console.status(f"comparing {variant} block by block ..."):
         report = explain_bundle(bundle, variant, against=against, backend=backend, against_backend=against_backend,

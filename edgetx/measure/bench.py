@@ -17,6 +17,7 @@ from edgetx.bundle import Bundle
 from edgetx.kinds import kind_of
 from edgetx.progress import task
 from edgetx.runtimes.session import Session
+from edgetx.runtimes.backend import REFERENCE_BACKEND
 
 
 @dataclass
@@ -49,7 +50,7 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def bench(bundle: Bundle, variants: list[str] | None = None, backend: str = "ort-cpu",
+def bench(bundle: Bundle, variants: list[str] | None = None, backend: str = REFERENCE_BACKEND,
           threads: tuple[int | None, ...] = (None,), cfg: BenchConfig | None = None,
           memory_bound: bool = True) -> list[dict]:
     """One result per variant x thread count, plus the kind's figures over the whole run when

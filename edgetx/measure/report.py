@@ -16,6 +16,7 @@ from pathlib import Path
 from edgetx.bundle import Bundle
 from edgetx.errors import EdgetxError
 from edgetx.kinds import ReportAxes, kind_of
+from edgetx.runtimes.backend import REFERENCE_BACKEND
 
 
 @dataclass
@@ -67,7 +68,7 @@ def _accuracy(bundle: Bundle, name: str) -> tuple[float, str, dict]:
     return value, status, extra
 
 
-def collect(bundle: Bundle, backend: str = "ort-cpu", threads: str | None = None) -> tuple[list[Point], str]:
+def collect(bundle: Bundle, backend: str = REFERENCE_BACKEND, threads: str | None = None) -> tuple[list[Point], str]:
     """One point per variant (and the thread setting used), with the Pareto front marked."""
     bench, setting = _pick_bench(bundle, backend, threads)
     kind = kind_of(bundle)
@@ -167,7 +168,7 @@ def markdown(bundle: Bundle, points: list[Point], axes: ReportAxes, setting: str
     return "\n".join(lines)
 
 
-def write_report(bundle: Bundle, out_dir: Path | None = None, backend: str = "ort-cpu", threads: str | None = None,
+def write_report(bundle: Bundle, out_dir: Path | None = None, backend: str = REFERENCE_BACKEND, threads: str | None = None,
                  run_missing_bench: bool = True) -> tuple[Path, Path, list[Point]]:
     """Write report.md and pareto.png (into the bundle folder unless `out_dir`); bench first if needed."""
     try:

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from edgetx.passes import PassResult, _ir, op_histogram
-from edgetx.runtimes.ort_options import session_options
+from edgetx.runtimes.worker.ort_options import session_options
 
 
 class OrtOffline:

@@ -25,10 +25,9 @@ from edgetx.progress import log
 from edgetx.quant.apply import apply, prepare_int8_graph, weight_matmuls
 from edgetx.quant.schemes import Scheme, needs_calibration
 from edgetx.quant.sensitivity import sensitivity
-from edgetx.runtimes.base import SessionOptions, get_backend
+from edgetx.runtimes.backend import REFERENCE_BACKEND, SessionOptions, get_backend
 from edgetx.verify.tolerances import QUANTIZED
 
-REFERENCE = "ort-cpu"
 
 EXACT_SENSITIVITY_MAX = 48  # up to this many quantizable nodes, measure each one's damage exactly
 MAX_KEPT_FRACTION = 0.5  # keeping more than this share of the nodes in fp32 defeats the variant
@@ -88,7 +87,7 @@ class GatedVariant:
 
 
 def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | ModelKind, inputs: list[dict],
-                   data: dict[str, np.ndarray], facts: dict | None = None, backend: str = REFERENCE,
+                   data: dict[str, np.ndarray], facts: dict | None = None, backend: str = REFERENCE_BACKEND,
                    mixed_precision: bool = True) -> GatedVariant:
     """Quantize with `s`; if the gate misses, keep the most sensitive nodes in fp32 until it holds.
     `kind` (a model kind or its name) says how to calibrate and measure; `facts` is the manifest's model

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.passes.cpu_kernels import drop_dead, split_skip_layer_norm, unpack_attention
+from edgetx.runtimes.backend import REFERENCE_BACKEND
 
 
 # --- activation outliers (calibrated) ----------------------------------------------------------------
@@ -46,7 +47,7 @@ def capture_inputs(model_path: str | Path, feeds: list[dict[str, np.ndarray]], m
     import onnx
 
     from edgetx.verify.explain import with_outputs
-    from edgetx.runtimes.base import SessionOptions, get_backend
+    from edgetx.runtimes.backend import SessionOptions, get_backend
 
     model = onnx.load(str(model_path))
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
@@ -56,7 +57,7 @@ def capture_inputs(model_path: str | Path, feeds: list[dict[str, np.ndarray]], m
     if names:
         with tempfile.TemporaryDirectory(prefix="edgetx-inputs-") as tmp:
             path = with_outputs(model, names, Path(tmp) / "m.onnx")
-            session = get_backend("ort-cpu").create_session(path, SessionOptions())
+            session = get_backend(REFERENCE_BACKEND).create_session(path, SessionOptions())
             for feed in feeds:
                 out = session.run(feed, names).outputs
                 for name in names:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.quant.schemes import Scheme
-from edgetx.runtimes.base import SessionOptions, get_backend
+from edgetx.runtimes.backend import REFERENCE_BACKEND, SessionOptions, get_backend
 from edgetx.verify.explain import with_outputs
 
 
@@ -42,7 +42,7 @@ def _simulate(s: Scheme, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.n
     return x, wq
 
 
-def sensitivity(fp32_path: Path, s: Scheme, feeds: list[dict[str, np.ndarray]], backend: str = "ort-cpu") -> list[tuple[str, float]]:
+def sensitivity(fp32_path: Path, s: Scheme, feeds: list[dict[str, np.ndarray]], backend: str = REFERENCE_BACKEND) -> list[tuple[str, float]]:
     """(node, relative output error when only its MatMul is quantized), most sensitive first."""
     import onnx
     from onnx import numpy_helper

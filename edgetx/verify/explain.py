@@ -20,7 +20,7 @@ import numpy as np
 
 from edgetx.verify import metrics
 from edgetx.errors import EdgetxError
-from edgetx.runtimes.base import SessionOptions, get_backend
+from edgetx.runtimes.backend import REFERENCE_BACKEND, SessionOptions, get_backend
 from edgetx.verify.tolerances import INTERMEDIATE_REL_TOL
 
 _BLOCK = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block)\.(\d+)(?:\.|$)")
@@ -129,7 +129,7 @@ def _group_label(path: str, seen_block: bool) -> str:
     return "head" if seen_block else "embeddings"
 
 
-def explain(a: str | Path, b: str | Path, feeds: dict[str, np.ndarray], *, backend_a: str = "ort-cpu",
+def explain(a: str | Path, b: str | Path, feeds: dict[str, np.ndarray], *, backend_a: str = REFERENCE_BACKEND,
             backend_b: str | None = None, rel_tol: float = INTERMEDIATE_REL_TOL) -> Explanation:
     """Run both sides on `feeds` and find the first value, in graph order, whose difference
     exceeds `rel_tol` of the reference's (side A's) scale."""
@@ -198,7 +198,7 @@ def render(report: Explanation) -> list[list[str]]:
     return rows
 
 
-def explain_bundle(bundle, variant: str = "fp32", against: str | None = None, backend: str = "ort-cpu",
+def explain_bundle(bundle, variant: str = "fp32", against: str | None = None, backend: str = REFERENCE_BACKEND,
                    against_backend: str | None = None, rel_tol: float = INTERMEDIATE_REL_TOL) -> Explanation:
     """Explain `variant` on `backend` against a reference side, on the bundle's golden inputs.
 

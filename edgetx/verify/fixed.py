@@ -1,4 +1,4 @@
-"""Checks of fixed-shape files: a backend that loads a variant's fixed-shape copy (model_format
+"""Checks of fixed-shape files (`FIXED_FORMAT` copies): a backend that loads a variant's fixed-shape copy (model_format
 "onnx-fixed": NPUs, XNNPACK) cannot replay the golden I/O, whose shapes vary. Instead it runs the fixed
 file and onnxruntime CPU runs the variant's dynamic file on the same inputs, built by the model kind from
 the golden data at exactly the fixed dims, and the variant's tolerance judges.
@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 from edgetx.bundle import Bundle
+from edgetx.runtimes.backend import REFERENCE_BACKEND
 from edgetx.runtimes.session import Session
 from edgetx.verify import metrics
 from edgetx.verify.report import Check
 from edgetx.verify.tolerances import Tolerance
 
-FIXED_FORMAT = "onnx-fixed"  # the format name of a variant's fixed-shape copy
-FIXED_CHECK = "vs ort-cpu at fixed dims"
+FIXED_CHECK = f"vs {REFERENCE_BACKEND} at fixed dims"
 FIXED_SAMPLES = 3  # inputs per fixed-shape check (the golden text, shifted)
 
 
@@ -38,7 +38,7 @@ def verify_fixed_shape(bundle: Bundle, session: Session, tolerance: Tolerance, d
                        threads: int | None = None, note: str = "") -> list[Check]:
     """The backend's run of the variant's fixed file vs ort-cpu running its dynamic file, on the same
     inputs at `dims`, under the variant's tolerance (see the module docstring)."""
-    reference = Session(bundle, variant=session.variant.name, backend="ort-cpu", threads=threads)
+    reference = Session(bundle, variant=session.variant.name, backend=REFERENCE_BACKEND, threads=threads)
     samples = session.kind.fixed_samples(bundle.golden(), reference, dims, FIXED_SAMPLES)
     wants = [reference.run(feeds) for feeds in samples]
     gots = [session.run(feeds) for feeds in samples]

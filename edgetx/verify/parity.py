@@ -9,7 +9,7 @@ Backends that load fixed-shape files (model_format "onnx-fixed": NPUs, XNNPACK) 
 golden I/O, whose shapes vary. For them the check is "vs ort-cpu at fixed dims" (edgetx.verify.fixed): the
 backend runs the variant's fixed file and onnxruntime CPU runs the variant's dynamic file on the same
 inputs at the bundle's fixed dims, judged by the variant's tolerance. A backend that computes float graphs
-at lower precision says so (`computes_float_as = "fp16"`) and its fp32 variants are judged by that
+at lower precision says so (`Capabilities.float_precision`) and its fp32 variants are judged by that
 precision's tolerance. Backends whose sessions report where nodes ran (`placement`) have it recorded in
 the report.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from edgetx.bundle import Bundle
 from edgetx.errors import BackendError, BundleError
 from edgetx.kinds import kind_of
-from edgetx.runtimes.base import get_backend, list_backends
+from edgetx.runtimes.backend import REFERENCE_BACKEND, get_backend, list_backends
 from edgetx.runtimes.session import Session
 from edgetx.verify import metrics
 from edgetx.verify.fixed import verify_fixed_shape
@@ -44,7 +44,7 @@ def measure_fp32_tolerance(bundle: Bundle, variant: str = "fp32") -> Tolerance:
     golden = bundle.golden()
     spread = 0.0
     for options in SPREAD_CONFIGURATIONS.values():
-        session = Session(bundle, variant=variant, backend="ort-cpu", **options)
+        session = Session(bundle, variant=variant, backend=REFERENCE_BACKEND, **options)
         spread = max(spread, metrics.max_abs(*session.kind.primary_output(session, golden)))
     return from_spread("fp32", spread, list(SPREAD_CONFIGURATIONS))
 
@@ -52,18 +52,16 @@ def measure_fp32_tolerance(bundle: Bundle, variant: str = "fp32") -> Tolerance:
 def _backend_tolerance(plugin, precision: str, recorded: dict | None) -> tuple[Tolerance, str]:
     """The variant's tolerance, or the one of the precision the backend really computes floats in."""
     tolerance = tolerance_for(precision, recorded)
-    computes = getattr(plugin, "computes_float_as", None)
-    if computes and precision == "fp32" and computes in QUANTIZED:
+    computes = plugin.capabilities.float_precision
+    if precision == "fp32" and computes in QUANTIZED:
         return QUANTIZED[computes], f"; {plugin.name} computes float graphs as {computes}: judged by the {computes} tolerance"
     return tolerance, ""
 
 
-def verify(bundle: Bundle, backend: str = "ort-cpu", variants: list[str] | None = None,
+def verify(bundle: Bundle, backend: str = REFERENCE_BACKEND, variants: list[str] | None = None,
            threads: int | None = None) -> list[ParityReport]:
     """Check every (or the named) variant of `bundle` on `backend` against its golden I/O (or, for a
     backend that loads fixed-shape files, against ort-cpu at the bundle's fixed dims)."""
-    from edgetx.verify.fixed import FIXED_FORMAT
-
     kind = kind_of(bundle)
     plugin = get_backend(backend)
     golden = bundle.golden()
@@ -74,7 +72,7 @@ def verify(bundle: Bundle, backend: str = "ort-cpu", variants: list[str] | None 
         session = Session(bundle, variant=name, backend=backend, threads=threads)
         report = ParityReport(name, backend, variant.precision, tolerance.to_dict(),
                               tolerance_label=kind.tolerance_label(tolerance.to_dict()))
-        if plugin.model_format == FIXED_FORMAT:
+        if plugin.capabilities.fixed_shapes:
             dims = (variant.fixed_shape or {}).get("dims")
             if not dims:
                 raise BundleError(f"variant {name!r} has a fixed-shape file but no recorded dims (fixed_shape.dims)")
@@ -88,13 +86,12 @@ def verify(bundle: Bundle, backend: str = "ort-cpu", variants: list[str] | None 
 
 def _placement(plugin, session: Session) -> dict | None:
     """Node placement of a session whose backend reports it (see edgetx.runtimes.vendor), else None."""
-    raw = getattr(getattr(session, "_session", None), "placement", None)
-    provider = getattr(plugin, "provider", None)
-    if not raw or not provider or not getattr(plugin, "reports_placement", False):
+    raw, capabilities = session.placement, plugin.capabilities
+    if not raw or not capabilities.provider or not capabilities.reports_placement:
         return None
     from edgetx.runtimes.vendor import summarize_placement
 
-    summary = summarize_placement(raw, provider)
+    summary = summarize_placement(raw, capabilities.provider)
     summary.pop("by_op", None)  # the per-op detail is `edgetx preflight`'s; the matrix keeps the counts
     summary["messages"] = summary["messages"][:20]
     return summary
@@ -117,12 +114,13 @@ def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: in
         for name in variants or list(bundle.variants):
             variant = bundle.variant(name)
             skipped = ""
-            if plugin.model_format != "onnx" and plugin.model_format not in (variant.formats or {}):
-                how = "fixed --shape ..." if plugin.model_format == "onnx-fixed" else plugin.model_format
-                skipped = f"no {plugin.model_format} file (edgetx convert {bundle.path} --to {how})"
-            elif plugin.max_parameters and parameters > plugin.max_parameters and not backends:
+            model_format, limit = plugin.capabilities.model_format, plugin.capabilities.max_parameters
+            if model_format != "onnx" and model_format not in (variant.formats or {}):
+                how = "fixed --shape ..." if plugin.capabilities.fixed_shapes else model_format
+                skipped = f"no {model_format} file (edgetx convert {bundle.path} --to {how})"
+            elif limit and parameters > limit and not backends:
                 skipped = (f"{parameters / 1e6:.0f}M parameters is beyond what {backend} runs in reasonable time "
-                           f"here ({plugin.max_parameters / 1e6:.0f}M); name it with --backend {backend} to run anyway")
+                           f"here ({limit / 1e6:.0f}M); name it with --backend {backend} to run anyway")
             if skipped:
                 report = ParityReport(name, backend, variant.precision, {})
                 report.skipped = skipped

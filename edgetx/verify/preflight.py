@@ -27,7 +27,7 @@ import numpy as np
 from edgetx.bundle import Bundle
 from edgetx.errors import BackendError, EdgetxError, InputError
 from edgetx.kinds import kind_of
-from edgetx.verify.fixed import FIXED_FORMAT
+from edgetx.runtimes.backend import FIXED_FORMAT, REFERENCE_BACKEND
 
 # onnxruntime's CPU-oriented fusions (edgetx build's optimize stage): contrib ops other backends lack.
 ORT_FUSIONS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization",
@@ -138,17 +138,18 @@ def check_variant(bundle: Bundle, backend: str, name: str) -> VariantPreflight:
     from edgetx.verify.fixed import fixed_feeds
     from edgetx.verify.parity import golden_feeds
     from edgetx.passes.finite_masks import mask_constants
-    from edgetx.runtimes.base import SessionOptions, get_backend
+    from edgetx.runtimes.backend import SessionOptions, get_backend
     from edgetx.runtimes.session import Session
     from edgetx.runtimes.vendor import summarize_placement
 
     plugin = get_backend(backend)
-    provider = getattr(plugin, "provider", "")
-    if not getattr(plugin, "reports_placement", False) or not provider:
+    capabilities = plugin.capabilities
+    provider = capabilities.provider
+    if not capabilities.reports_placement or not provider:
         raise InputError(f"backend {backend!r} does not report node placement; pre-flight needs one that does "
                          "(e.g. qnn, openvino, xnnpack)")
     variant = bundle.variant(name)
-    needs_fixed = plugin.model_format == FIXED_FORMAT
+    needs_fixed = capabilities.fixed_shapes
     fixed = FIXED_FORMAT in (variant.formats or {})
     dims = (variant.fixed_shape or {}).get("dims") if fixed else None
     rel = variant.file_for(FIXED_FORMAT) if (needs_fixed and fixed) else variant.file
@@ -162,7 +163,7 @@ def check_variant(bundle: Bundle, backend: str, name: str) -> VariantPreflight:
             f"--shape {shape} --variant {name}` (or `edgetx preflight ... --apply`)", safe=True))
     model = _load_onnx(bundle.file(rel))
     masks = mask_constants(model) if model is not None else []
-    low_precision = getattr(plugin, "computes_float_as", None) or any(
+    low_precision = capabilities.float_precision != "fp32" or any(
         n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in (model.graph.node if model is not None else []))
     if masks and low_precision:
         where = ", ".join(f"{w} = {v:.3g}" for w, v in masks[:3])
@@ -172,7 +173,7 @@ def check_variant(bundle: Bundle, backend: str, name: str) -> VariantPreflight:
             "replace them by a finite -1e4 (edgetx.passes.finite_masks): `edgetx preflight ... --apply` writes "
             "fixed copies with finite masks; the qdq-* schemes do it before calibrating", safe=True))
 
-    reference = Session(bundle, variant=name, backend="ort-cpu", verify_hashes=False)
+    reference = Session(bundle, variant=name, backend=REFERENCE_BACKEND, verify_hashes=False)
     feeds = fixed_feeds(bundle, reference, dims) if (dims and rel != variant.file) else golden_feeds(reference, bundle.golden())
     try:
         session = plugin.create_session(bundle.file(rel), SessionOptions())
@@ -184,7 +185,7 @@ def check_variant(bundle: Bundle, backend: str, name: str) -> VariantPreflight:
         result.problems.append(Problem("load", f"{backend} could not load {rel}: {str(e).splitlines()[0][:400]}", hint))
         return result
     try:
-        summary = summarize_placement(getattr(session, "placement", None), provider)
+        summary = summarize_placement(session.placement, provider)
         if summary:
             result.nodes, result.on_backend, result.partitions = summary["nodes"], summary["on_backend"], summary["partitions"]
             result.messages = summary["messages"][:50]
@@ -200,9 +201,7 @@ def check_variant(bundle: Bundle, backend: str, name: str) -> VariantPreflight:
         result.problems.append(Problem("load", f"{backend} failed to run {rel}: {str(e).splitlines()[0][:400]}",
                                        "see the error"))
     finally:
-        close = getattr(session, "close", None)
-        if close:
-            close()
+        session.close()
     grouped: dict[tuple[str, str], list[tuple[str, dict]]] = {}
     for op, counts in result.by_op.items():
         if counts["fallback"]:

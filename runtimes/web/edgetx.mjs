@@ -43,9 +43,10 @@ async function sha256Hex(bytes) {
 const packages = new Map();
 
 /**
- * An npm package of the runtime (onnxruntime-web, ajv). In Node it comes from `$EDGETX_WEB_ROOT/node_modules`
- * when that is set (the folder the web provisioning fills), else from a normal `import`, else from
- * `~/.cache/edgetx/web`. ESM ignores NODE_PATH, so the folder is resolved explicitly.
+ * An npm package of the runtime (onnxruntime-web, ajv). In Node it comes from `$EDGETX_WEB_PACKAGES/node_modules`
+ * when that is set (the Python backend sets it), else from a normal `import`, else from the environment
+ * `edgetx provision web` fills (`$EDGETX_HOME/web/env`, default `~/.cache/edgetx/web/env`). ESM ignores
+ * NODE_PATH, so the folder is resolved explicitly.
  * @param {string} name
  * @returns {Promise<any>}
  */
@@ -70,22 +71,22 @@ function loadPackage(name) {
       const mod = await import(pathToFileURL(entry).href);
       return mod.default ?? mod;
     };
-    const root = process.env.EDGETX_WEB_ROOT;
+    const root = process.env.EDGETX_WEB_PACKAGES;
     if (root) {
       try {
         return await fromRoot(root);
       } catch (e) {
-        throw new Error(`${name} is not installed in EDGETX_WEB_ROOT=${root} (${e.message.split('\n')[0]}); ` +
-          'run `python -m edgetx.runtimes.web_provision`');
+        throw new Error(`${name} is not installed in EDGETX_WEB_PACKAGES=${root} (${e.message.split('\n')[0]}); ` +
+          'run `edgetx provision web`');
       }
     }
     try {
       return await import(name);
     } catch {
       try {
-        return await fromRoot(`${homedir()}/.cache/edgetx/web`);
+        return await fromRoot(`${process.env.EDGETX_HOME || `${homedir()}/.cache/edgetx`}/web/env`);
       } catch {
-        throw new Error(`${name} not found: run \`python -m edgetx.runtimes.web_provision\` ` +
+        throw new Error(`${name} not found: run \`edgetx provision web\` ` +
           '(or npm install it beside this file)');
       }
     }

@@ -2,42 +2,27 @@
 
 Used by `ort_worker.py` inside vendor runtimes (a Debian python, a plugin EP's venv) where the
 `onnx` package is absent, to learn which nodes a session's graph holds. Reads the protobuf wire
-format directly: ModelProto.graph (7) -> GraphProto.node (1) -> NodeProto input (1), output (2),
+format directly (protowire.py, beside it): ModelProto.graph (7) -> GraphProto.node (1) -> NodeProto input (1), output (2),
 name (3), op_type (4), domain (7). Everything else (initializers, attributes) is skipped unread.
 """
 
 from __future__ import annotations
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
+try:
+    from edgetx.runtimes.worker import protowire  # imported as part of edgetx
+except ImportError:  # run beside it by the stand-alone worker (under emulation there is no edgetx)
+    import protowire
+
+
+def _fail(pos: int, what: str):
+    raise ValueError(f"not a valid ONNX model: {what} (at byte {pos})")
 
 
 def _fields(data: bytes, start: int = 0, end: int | None = None):
     """(field number, wire type, value) of each field; length-delimited values are (start, end)."""
-    pos, end = start, len(data) if end is None else end
-    while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 1:
-            value, pos = None, pos + 8
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            value, pos = (pos, pos + length), pos + length
-        elif wire == 5:
-            value, pos = None, pos + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire} at byte {pos}")
-        yield number, wire, value
+    for number, wire, a, b in protowire.fields(data, start, len(data) if end is None else end, _fail):
+        yield number, wire, (a, b) if wire == 2 else a
 
 
 def read_nodes(path: str) -> list[dict]:

@@ -1,4 +1,6 @@
-"""onnxruntime's CPU execution provider: the reference backend every bundle is verified on."""
+"""onnxruntime's CPU execution provider, in process: the reference backend every bundle is verified on
+(`ort-cpu`), and the same loading a variant's `.ort` file, the ORT mobile format (`ort-format`; `edgetx convert
+BUNDLE --to ort` writes the files)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.errors import BackendError
-from edgetx.runtimes.ort_options import session_options
-from edgetx.runtimes.base import Availability, Backend, BackendSession, RunResult, SessionOptions, register_backend
+from edgetx.runtimes.backend import (REFERENCE_BACKEND, Availability, Backend, BackendSession, Capabilities, RunResult,
+                                     SessionOptions, register_backend)
+from edgetx.runtimes.worker.ort_options import session_options
 
 
 class OrtSession(BackendSession):
@@ -33,7 +36,7 @@ class OrtSession(BackendSession):
 
 
 class OrtCpuBackend(Backend):
-    name = "ort-cpu"
+    name = REFERENCE_BACKEND
     description = "onnxruntime, CPU execution provider (this machine)"
     provider = "CPUExecutionProvider"
 
@@ -60,4 +63,11 @@ class OrtCpuBackend(Backend):
         return OrtSession(session, Path(model_path))
 
 
+class OrtFormatBackend(OrtCpuBackend):
+    name = "ort-format"
+    description = "onnxruntime CPU EP loading the variant's .ort (mobile format) file"
+    capabilities = Capabilities(model_format="ort")
+
+
 register_backend(OrtCpuBackend())
+register_backend(OrtFormatBackend())

@@ -1,8 +1,7 @@
 """The "openvino" backend: onnxruntime's OpenVINO execution provider on this CPU.
 
 Intel's onnxruntime-openvino wheel ships its own onnxruntime (1.24), so it runs in `ort_worker.py`
-inside the venv `python -m edgetx.runtimes.openvino_provision` puts under ROOT/env
-(ROOT = $EDGETX_OPENVINO_ROOT, default ~/.cache/edgetx/openvino). Dynamic shapes are fine.
+inside the venv its installer (provision.py, `edgetx provision openvino`) puts under ROOT/env. Dynamic shapes are fine.
 OpenVINO reads the model with its own ONNX frontend: onnxruntime's contrib fusions (e.g.
 SkipLayerNormalization with 4 outputs) can make it refuse the whole model at load; a graph built
 with `edgetx build --no-optimize` avoids them. Device: SessionOptions.extra["openvino.device_type"]
@@ -14,20 +13,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgetx.runtimes.base import SessionOptions, register_backend
-from edgetx.runtimes.vendor import VendorBackend, base_env
-from edgetx.runtimes.vendor_provision import WORKER_DIR
+from edgetx.runtimes.backend import Capabilities, SessionOptions, register_backend
+from edgetx.runtimes.vendor import CPU_EP, VendorBackend
 
 
 class OpenVinoBackend(VendorBackend):
     name = "openvino"
     description = "onnxruntime OpenVINO EP (Intel's onnxruntime-openvino build), CPU device"
-    model_format = "onnx"
-    root_variable = "EDGETX_OPENVINO_ROOT"
-    default_root = "~/.cache/edgetx/openvino"
-    provision_module = "openvino_provision"
-    make_target = "provision-openvino"
-    provider = "OpenVINOExecutionProvider"
+    capabilities = Capabilities(reports_placement=True, provider="OpenVINOExecutionProvider")
+    environment = "openvino"
+    installer = "edgetx.runtimes.openvino.provision"
     option_prefix = "openvino."
 
     def required_files(self, env: Path, stamp: dict) -> list[Path]:
@@ -41,11 +36,10 @@ class OpenVinoBackend(VendorBackend):
         return options.extra.get("openvino.device_type") or os.environ.get("EDGETX_OPENVINO_DEVICE") or "CPU"
 
     def worker_command(self, env: Path, stamp: dict) -> tuple[list[str], dict[str, str]]:
-        python = env / stamp.get("python", "venv/bin/python")
-        return [str(python), str(WORKER_DIR / "ort_worker.py")], base_env()
+        return self.python_worker(env, stamp)
 
     def load_fields(self, env: Path, stamp: dict, options: SessionOptions) -> dict:
-        return {"providers": [[self.provider, {"device_type": self.device(options)}], "CPUExecutionProvider"]}
+        return {"providers": [[self.capabilities.provider, {"device_type": self.device(options)}], CPU_EP]}
 
 
 register_backend(OpenVinoBackend())

@@ -1,12 +1,12 @@
 """The "qnn" backend: Qualcomm's QNN execution provider on the Hexagon NPU (HTP) simulator.
 
 The onnxruntime-qnn plugin EP (registered with `ort.register_execution_provider_library`) runs in
-`ort_worker.py` inside the venv `python -m edgetx.runtimes.qnn_provision` puts under ROOT/env
-(ROOT = $EDGETX_QNN_ROOT, default ~/.cache/edgetx/qnn). On x86-64 Linux, backend_type=htp runs the
+`ort_worker.py` inside the venv its installer (provision.py, run by `edgetx provision qnn`) puts under
+ROOT/env (edgetx.runtimes.environment). On x86-64 Linux, backend_type=htp runs the
 HTP graph in Qualcomm's simulator: 100-500x slower than the CPU, numerically like the device.
 
 The HTP needs fixed shapes (model_format "onnx-fixed": `edgetx convert BUNDLE --to fixed --shape
-...`), and computes float graphs in fp16 (`computes_float_as`), so an fp32 variant is judged by the
+...`), and computes float graphs in fp16 (`capabilities.float_precision`), so an fp32 variant is judged by the
 fp16 tolerance. Static QDQ variants (`--quantize qdq-a16w8` / `qdq-a8w8`) are the real NPU path.
 Nodes the HTP cannot take run on onnxruntime's CPU EP: every session reports the placement.
 
@@ -21,9 +21,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgetx.runtimes.base import SessionOptions, register_backend
-from edgetx.runtimes.vendor import VendorBackend, base_env
-from edgetx.runtimes.vendor_provision import WORKER_DIR
+from edgetx.runtimes.backend import FIXED_FORMAT, Capabilities, SessionOptions, register_backend
+from edgetx.runtimes.vendor import VendorBackend
 
 DEFAULT_HTP_ARCH = "73"
 DEFAULT_SOC_MODEL = "60"
@@ -32,14 +31,12 @@ DEFAULT_SOC_MODEL = "60"
 class QnnBackend(VendorBackend):
     name = "qnn"
     description = "onnxruntime QNN EP (plugin), Hexagon HTP simulator; fixed shapes, floats run as fp16"
-    model_format = "onnx-fixed"
-    computes_float_as = "fp16"  # the HTP runs float graphs in fp16: fp32 variants get the fp16 tolerance
-    max_parameters = 30_000_000  # the simulator: ~0.8 s per decode step of a 4.8M GPT
-    root_variable = "EDGETX_QNN_ROOT"
-    default_root = "~/.cache/edgetx/qnn"
-    provision_module = "qnn_provision"
-    make_target = "provision-qnn"
-    provider = "QNNExecutionProvider"
+    # The HTP runs float graphs in fp16 (fp32 variants get the fp16 tolerance); the simulator takes ~0.8 s per
+    # decode step of a 4.8M GPT.
+    capabilities = Capabilities(model_format=FIXED_FORMAT, float_precision="fp16", reports_placement=True,
+                                provider="QNNExecutionProvider", max_parameters=30_000_000)
+    environment = "qnn"
+    installer = "edgetx.runtimes.qnn.provision"
     option_prefix = "qnn."
 
     def required_files(self, env: Path, stamp: dict) -> list[Path]:
@@ -61,12 +58,11 @@ class QnnBackend(VendorBackend):
         return arch, soc
 
     def worker_command(self, env: Path, stamp: dict) -> tuple[list[str], dict[str, str]]:
-        python = env / stamp.get("python", "venv/bin/python")
-        return [str(python), str(WORKER_DIR / "ort_worker.py")], base_env()
+        return self.python_worker(env, stamp)
 
     def load_fields(self, env: Path, stamp: dict, options: SessionOptions) -> dict:
         arch, soc = self.target(options)
-        return {"plugin_ep": {"name": self.provider, "library": self._library(env, stamp),
+        return {"plugin_ep": {"name": self.capabilities.provider, "library": self._library(env, stamp),
                               "options": {"backend_type": "htp", "htp_arch": arch, "soc_model": soc}}}
 
 
