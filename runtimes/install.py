@@ -70,13 +70,20 @@ def make_venv(work: Path, wheels: Path, pins: list[str], say: Say) -> Path:
     return python
 
 
-def venv_stack(work: Path, cache: Path, pins: list[str], check: str, what: str, say: Say) -> dict:
-    """A venv of this interpreter at work/venv with `pins` (wheels cached in cache/wheels), checked by
-    running `check` in it (code that prints one JSON line, returned with "python": the venv's python)."""
-    python = make_venv(work, fetch_wheels(cache, pins, say), pins, say)
-    with progress.stage(f"checking: {what}"):
-        seen = check_python([str(python)], check, what)
-    return {**seen, "python": "venv/bin/python"}
+def provision_venv(root: Path, force: bool, label: str, pins: list[str], check: str, what: str,
+                   accept: Callable[[dict, Path], dict]) -> dict:
+    """`provision` of a Python stack: a venv of this interpreter with `pins` (wheels cached in
+    cache/wheels), checked by running `check` in it (code that prints one JSON line), which
+    `accept(seen, work)` turns into the stamp or refuses with a BackendError. The stamp's wanted items
+    are the exact pins."""
+    def build(work: Path, cache: Path, say: Say) -> dict:
+        python = make_venv(work, fetch_wheels(cache, pins, say), pins, say)
+        with progress.stage(f"checking: {what}"):
+            seen = check_python([str(python)], check, what)
+        return accept({**seen, "python": "venv/bin/python"}, work)
+
+    wanted = dict(pin.split("==") for pin in pins if "==" in pin)
+    return provision(root, wanted, build, label, force)
 
 
 def check_python(argv: list[str], code: str, what: str, env: dict | None = None) -> dict:

@@ -21,13 +21,12 @@ CHECK = ("import json, numpy, onnxruntime as ort; "
          "'providers': ort.get_available_providers(), 'device': ort.get_device()}))")
 
 
-def _build(work: Path, cache: Path, say: install.Say) -> dict:
-    seen = install.venv_stack(work, cache, [f"onnxruntime-openvino=={OPENVINO_ORT_VERSION}", "numpy"], CHECK,
-                              "the venv's onnxruntime offers OpenVINOExecutionProvider", say)
+def _accept(seen: dict, work: Path) -> dict:
     if "OpenVINOExecutionProvider" not in seen["providers"]:
         raise BackendError(f"the installed onnxruntime has no OpenVINOExecutionProvider: {seen}")
     return seen
 
 
 def provision(root: Path, force: bool = False) -> dict:
-    return install.provision(root, {"onnxruntime-openvino": OPENVINO_ORT_VERSION}, _build, "openvino", force)
+    return install.provision_venv(root, force, "openvino", [f"onnxruntime-openvino=={OPENVINO_ORT_VERSION}", "numpy"],
+                                  CHECK, "the venv's onnxruntime offers OpenVINOExecutionProvider", _accept)

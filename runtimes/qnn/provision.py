@@ -23,14 +23,12 @@ CHECK = ("import json, numpy, onnxruntime as ort, onnxruntime_qnn as q; "
          "'devices': [d.ep_name for d in ort.get_ep_devices()]}))")
 
 
-def _build(work: Path, cache: Path, say: install.Say) -> dict:
-    seen = install.venv_stack(work, cache, [f"onnxruntime-qnn=={QNN_VERSION}", "numpy"], CHECK,
-                              "the venv imports onnxruntime and registers the QNN plugin EP", say)
+def _accept(seen: dict, work: Path) -> dict:
     if "QNNExecutionProvider" not in seen["devices"]:
         raise BackendError(f"the QNN plugin EP registered but offers no device: {seen}")
-    seen["library"] = seen["library"].replace(str(work), "{env}")  # as seen from ROOT/env, once renamed
-    return seen
+    return {**seen, "library": seen["library"].replace(str(work), "{env}")}  # as seen from ROOT/env, once renamed
 
 
 def provision(root: Path, force: bool = False) -> dict:
-    return install.provision(root, {"onnxruntime-qnn": QNN_VERSION}, _build, "qnn", force)
+    return install.provision_venv(root, force, "qnn", [f"onnxruntime-qnn=={QNN_VERSION}", "numpy"], CHECK,
+                                  "the venv imports onnxruntime and registers the QNN plugin EP", _accept)
