@@ -1,6 +1,6 @@
 // A worker that runs one model on onnxruntime-web (wasm) for the Python "web" backend.
 //
-// It speaks runtimes/wire.py over stdin/stdout: a message is a 4-byte little-endian length, a UTF-8
+// It speaks runtimes/worker/wire.py over stdin/stdout: a message is a 4-byte little-endian length, a UTF-8
 // JSON header, then the raw little-endian bytes of each tensor listed in header.tensors.
 // Requests: load {model, threads, graph_optimization, extra}, run {outputs, tensors}, close.
 // Replies: {ok: true, seconds, tensors} or {ok: false, error}.
