@@ -29,6 +29,15 @@ def test_built_wheel_installs_and_runs(tmp_path, tiny_bundle_master):
     assert "edgetx/runtimes/session.py" in names and "edgetx/exporters/causal_lm.py" in names
     assert "edgetx/models/checkpoint/model.safetensors" in names
     assert not any(n.startswith(("runtimes/", "models/", "exporters/", "tests/")) for n in names)
+    folders = {"edgetx": "edgetx", "runtimes": "edgetx/runtimes", "exporters": "edgetx/exporters",
+               "models": "edgetx/models"}
+    for top, installed in folders.items():  # every package of the source tree is in the wheel
+        for init in (REPO / top).rglob("__init__.py"):
+            assert f"{installed}/{init.parent.relative_to(REPO / top).as_posix()}/__init__.py".replace("/./", "/") \
+                in names, init
+    for data in ("edgetx/bundle/manifest.schema.json", "edgetx/runtimes/web/edgetx.mjs",
+                 "edgetx/runtimes/worker/ort_worker.py", "edgetx/runtimes/worker/protowire.py"):
+        assert data in names, data
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target),
