@@ -43,13 +43,41 @@ def _interactive() -> bool:
     return _console is not None and _console.is_terminal
 
 
+_live: Any = None  # the one rich Progress display while any stage or task is open (rich allows one at a time)
+_open = 0
+
+
+@contextmanager
+def _display() -> Iterator[Any]:
+    """The shared live display: started by the outermost stage or task, stopped when the last one ends."""
+    global _live, _open
+    if _live is None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        _live = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
+                         TimeElapsedColumn(), console=_console, transient=True)
+        _live.start()
+    _open += 1
+    try:
+        yield _live
+    finally:
+        _open -= 1
+        if _open == 0:
+            _live.stop()
+            _live = None
+
+
 @contextmanager
 def stage(title: str) -> Iterator[None]:
-    """A step of a longer job: spinner while it runs, then one line with its duration."""
+    """A step of a longer job: a spinner while it runs, then one line with its duration."""
     started = time.perf_counter()
     if _interactive():
-        with _console.status(f"{title} ..."):
-            yield
+        with _display() as live:
+            row = live.add_task(f"{title} ...", total=None, count="")
+            try:
+                yield
+            finally:
+                live.remove_task(row)
     else:
         log.debug("%s ...", title)
         yield
@@ -66,7 +94,7 @@ class Task:
     def advance(self, count: int = 1) -> None:
         self.done += count
         if self._bar is not None:
-            self._bar.advance(self._id, count)
+            self._bar.update(self._id, advance=count, count=f"{self.done}/{self.total}" if self.total else "")
 
     def note(self, text: str) -> None:
         """Show what the task is doing now (next to the bar, or as a debug log line)."""
@@ -82,9 +110,9 @@ def task(description: str, total: int | None = None) -> Iterator[Task]:
     if not _interactive():
         yield Task(description, total)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=_console, transient=True) as bar:
-        yield Task(description, total, bar, bar.add_task(description, total=total))
+    with _display() as live:
+        row = live.add_task(description, total=total, count=f"0/{total}" if total else "")
+        try:
+            yield Task(description, total, live, row)
+        finally:
+            live.remove_task(row)

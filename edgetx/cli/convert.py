@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from edgetx import progress
 from edgetx.cli.app import main
 from edgetx.cli.render import console, print_matrix, print_mobile
 from edgetx.errors import EdgetxError
@@ -50,15 +51,15 @@ def convert(bundle: Path, target: str, shape: str | None, variants: tuple[str, .
     from edgetx.build.convert import mobile_report, to_ort
     from edgetx.verify.parity import verify as run_verify
 
-    with console.status("converting to the ORT format ..."):
+    with progress.stage("converting to the ORT format"):
         added = to_ort(loaded, chosen)
-    with console.status("checking NNAPI / CoreML usability ..."):
+    with progress.stage("checking NNAPI / CoreML usability"):
         mobile_report(loaded, chosen)
     print_mobile(loaded.manifest)
     console.print(f"wrote {', '.join(added['ort'].values())} and {added['required_operators']}")
     if no_verify:
         return
-    with console.status("verifying the .ort files on ort-format ..."):
+    with progress.stage("verifying the .ort files on ort-format"):
         reports = [r.to_dict() for r in run_verify(Bundle.load(bundle), backend="ort-format", variants=chosen)]
     print_matrix(reports)
     if not all(r["passed"] for r in reports):
@@ -74,7 +75,7 @@ def _convert_fixed(bundle, shape: str | None, variants: list[str] | None) -> Non
         raise EdgetxError(f"--to fixed needs --shape with this model's dims ({', '.join(symbols(bundle.io))}), "
                           "e.g. --shape " + ",".join(f"{s}=1" for s in symbols(bundle.io)))
     dims = parse_dims(shape, bundle.io)
-    with console.status(f"fixing shapes {dims} and checking against the dynamic variants ..."):
+    with progress.stage(f"fixing shapes {dims} and checking against the dynamic variants"):
         results = add_fixed(bundle, dims, variants)
     for name, result in results.items():
         console.print(f"{name}: wrote {result['file']} (vs the dynamic variant: {result['check']})")

@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from edgetx.bundle import to_json
+from edgetx import progress
 from edgetx.cli.app import main
 from edgetx.cli.render import console, print_candidates, print_mobile, print_onnx, print_quantization
 
@@ -29,7 +30,7 @@ def optimize(src: Path, out: Path, passes: str) -> None:
     """
     from edgetx.build.select import optimize_file
 
-    with console.status(f"applying {passes} ..."):
+    with progress.stage(f"applying {passes}"):
         log = optimize_file(src, out, passes)
     before, after = log[0]["ops_before"], log[-1]["ops_after"]
     table = Table(title=f"{src.name} -> {out.name}: {sum(before.values())} -> {sum(after.values())} nodes")
@@ -111,7 +112,7 @@ def quantize(src: Path, scheme_name: str, out: Path, exclude: tuple[str, ...]) -
     """
     from edgetx.quant.apply import quantize_file
 
-    with console.status(f"quantizing with {scheme_name} ..."):
+    with progress.stage(f"quantizing with {scheme_name}"):
         info = quantize_file(scheme_name, src, out, list(exclude))
     console.print(f"wrote {out}: {info['bytes_before'] / 1e6:.2f} MB -> {info['bytes_after'] / 1e6:.2f} MB "
                   f"({info['scheme']['method']}, {info['scheme']['options']})")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgetx.bundle import to_json
+from edgetx import progress
 from edgetx.cli.app import main
 from edgetx.cli.render import console, print_bench, print_report
 from edgetx.errors import EdgetxError
@@ -52,7 +53,7 @@ def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, s
     if repeats < 1 or warmup < 0:
         raise EdgetxError("--repeats must be >= 1 and --warmup >= 0")
     cfg = BenchConfig(prompt_tokens, new_tokens, _ints(batch_sizes), _ints(seq_lens), warmup, repeats)
-    with console.status("benchmarking ..."):
+    with progress.stage("benchmarking"):
         results = run_bench(loaded, list(variants) or None, backend, _ints(threads_text, allow_default=True), cfg)
     if as_json:
         click.echo(to_json(results))
@@ -86,7 +87,7 @@ def report(bundle: Path, out_dir: Path | None, backend: str, threads: str | None
     from edgetx.measure.report import write_report
 
     loaded = Bundle.load(bundle)
-    with console.status("collecting results (benchmarking variants without stored results) ..."):
+    with progress.stage("collecting results (benchmarking variants without stored results)"):
         text, image, points = write_report(loaded, out_dir, backend, threads, run_missing_bench=not no_bench)
     print_report(points)
     console.print(f"wrote {text} and {image}")

@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from edgetx import progress
 from edgetx.bundle import to_json
 from edgetx.cli.app import main
 from edgetx.cli.render import console
@@ -47,8 +48,8 @@ def preflight(bundle: Path, backend: str, variants: tuple[str, ...], apply_: boo
     dims = parse_dims(shape, loaded.io) if shape else None
     if shape and not apply_:
         raise click.UsageError("--shape goes with --apply")
-    with console.status("pre-flight ...") as status:
-        results = run_preflight(loaded, backend, list(variants) or None, dims, apply_, status.update)
+    with progress.stage(f"pre-flight on {backend}"):
+        results = run_preflight(loaded, backend, list(variants) or None, dims, apply_)
     if as_json:
         click.echo(to_json([r.to_dict() for r in results]))
     elif markdown:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgetx.bundle import to_json
+from edgetx import progress
 from edgetx.cli.app import main
 from edgetx.cli.render import console, print_matrix, print_parity
 from edgetx.errors import EdgetxError
@@ -56,7 +57,7 @@ def verify(bundle: Path, variants: tuple[str, ...], backends: tuple[str, ...], a
     from edgetx.verify.parity import verify_matrix
 
     chosen = None if all_backends else list(backends) or [REFERENCE_BACKEND]
-    with console.status("verifying ..."):
+    with progress.stage("verifying"):
         reports = verify_matrix(loaded, backends=chosen, threads=threads, variants=list(variants) or None)
     reports = [r.to_dict() for r in reports]
     for backend in chosen or []:  # a backend the user named that ran nothing is an error, not a quiet skip
@@ -84,7 +85,7 @@ def _explain(bundle, variants, backends, against, against_backend, rel_tol, as_j
     variant = variants[0] if variants else "fp32"
     backend = backends[0] if backends else REFERENCE_BACKEND
     kwargs = {"rel_tol": rel_tol} if rel_tol is not None else {}
-    with console.status(f"comparing {variant} block by block ..."):
+    with progress.stage(f"comparing {variant} block by block"):
         report = explain_bundle(bundle, variant, against=against, backend=backend, against_backend=against_backend,
                                 **kwargs)
     if as_json:

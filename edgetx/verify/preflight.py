@@ -27,6 +27,7 @@ import numpy as np
 from edgetx.bundle import Bundle
 from edgetx.errors import BackendError, EdgetxError, InputError
 from edgetx.kinds import kind_of
+from edgetx.progress import log
 from edgetx.runtimes.backend import FIXED_FORMAT, REFERENCE_BACKEND
 
 # onnxruntime's CPU-oriented fusions (edgetx build's optimize stage): contrib ops other backends lack.
@@ -238,7 +239,7 @@ def _parity_remedy(result: VariantPreflight, backend: str, name: str) -> str:
 
 
 def preflight(bundle: Bundle, backend: str, variants: list[str] | None = None, dims: dict[str, int] | None = None,
-              apply: bool = False, progress=lambda _: None) -> list[VariantPreflight]:
+              apply: bool = False) -> list[VariantPreflight]:
     """check_variant for each (or the named) variant; with `apply`, first add the safe remedies
     (fixed-shape copies at `dims`, with finite masks where the check found mask problems)."""
     from edgetx.build.convert import add_fixed, parse_dims
@@ -250,13 +251,13 @@ def preflight(bundle: Bundle, backend: str, variants: list[str] | None = None, d
         raise InputError(f"unknown variant(s) {', '.join(unknown)}; the bundle has {', '.join(bundle.variants)}")
     results = []
     for name in names:
-        progress(f"{name}: loading and running on {backend}")
+        log.info("%s: loading and running on %s", name, backend)
         result = check_variant(bundle, backend, name)
         safe = [p for p in result.problems if p.safe]
         if apply and safe:
             chosen = dims or parse_dims(kind_of(bundle).default_fixed_dims, bundle.io)
             masks = any(p.kind == "mask" for p in safe)
-            progress(f"{name}: applying {', '.join(p.kind for p in safe)} (fixed shapes {chosen})")
+            log.info("%s: applying %s (fixed shapes %s)", name, ", ".join(p.kind for p in safe), chosen)
             try:
                 add_fixed(bundle, chosen, [name], transform=finite_masks if masks else None,
                           transform_name="finite masks (-1e4)" if masks else "")
@@ -265,7 +266,7 @@ def preflight(bundle: Bundle, backend: str, variants: list[str] | None = None, d
                 results.append(result)
                 continue
             bundle = Bundle.load(bundle.path)
-            progress(f"{name}: running again with the remedies applied")
+            log.info("%s: running again with the remedies applied", name)
             again = check_variant(bundle, backend, name)
             applied = [Problem(p.kind, p.detail, p.remedy, True, True) for p in safe]
             again.problems = applied + [p for p in again.problems if not (p.safe and p.kind in {a.kind for a in applied})]
