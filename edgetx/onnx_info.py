@@ -9,6 +9,14 @@ from pathlib import Path
 from edgetx.errors import EdgetxError
 
 
+def op_histogram(nodes) -> dict[str, int]:
+    """Op type -> count, most frequent first (domain-qualified for non-standard ops), over an onnx_ir
+    graph or a GraphProto's `node` list: both yield nodes with op_type and domain."""
+    counts = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+                     for node in nodes)
+    return dict(counts.most_common())
+
+
 def _dims(type_proto) -> list:
     shape = type_proto.tensor_type.shape
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
@@ -27,8 +35,6 @@ def inspect_onnx(path: str | Path) -> dict:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and others for damaged files
         raise EdgetxError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-    ops = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-                  for node in model.graph.node)
     elem = {v: k for k, v in onnx.TensorProto.DataType.items()}
     params = sum(math.prod(t.dims) for t in model.graph.initializer)
     return {
@@ -39,7 +45,7 @@ def inspect_onnx(path: str | Path) -> dict:
         "ir_version": model.ir_version,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "nodes": len(model.graph.node),
-        "ops": dict(ops.most_common()),
+        "ops": op_histogram(model.graph.node),
         "inputs": [{"name": v.name, "dtype": elem.get(v.type.tensor_type.elem_type, "?").lower(),
                     "shape": _dims(v.type)} for v in model.graph.input],
         "outputs": [{"name": v.name, "dtype": elem.get(v.type.tensor_type.elem_type, "?").lower(),

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from edgetx.verify import metrics
-from edgetx.verify.explain import Explanation, Point, block_of, module_path, with_outputs
-from edgetx.runtimes.backend import SessionOptions, get_backend
+from edgetx.passes.expose import expose_file
+from edgetx.runtimes.backend import REFERENCE_BACKEND, SessionOptions, get_backend
+from edgetx.verify.explain import Explanation, Point, block_of, module_path
 from edgetx.verify.tolerances import INTERMEDIATE_REL_TOL
 
 
@@ -53,7 +54,7 @@ def _first_tensor(output) -> torch.Tensor | None:
 
 @torch.no_grad()
 def explain_torch(module: torch.nn.Module, run_torch, onnx_path: str | Path, feeds: dict[str, np.ndarray], *,
-                  backend: str = "ort-cpu", rel_tol: float = INTERMEDIATE_REL_TOL) -> Explanation:
+                  backend: str = REFERENCE_BACKEND, rel_tol: float = INTERMEDIATE_REL_TOL) -> Explanation:
     """Compare `module` (run by `run_torch()`, which calls it on the same inputs as `feeds`)
     with the ONNX graph at `onnx_path`, submodule by submodule."""
     import onnx
@@ -74,7 +75,7 @@ def explain_torch(module: torch.nn.Module, run_torch, onnx_path: str | Path, fee
         groups.setdefault(label, []).append((name, m))
     candidates = sorted({v for name, _ in modules for v, _ in boundaries[name]})
     with tempfile.TemporaryDirectory(prefix="edgetx-explain-") as tmp:
-        session = get_backend(backend).create_session(with_outputs(model, candidates, Path(tmp) / "m.onnx"),
+        session = get_backend(backend).create_session(expose_file(onnx_path, candidates, Path(tmp) / "m.onnx"),
                                                       SessionOptions())
         for label, members in groups.items():  # one block's intermediates at a time
             captured: dict[str, np.ndarray] = {}

@@ -11,20 +11,20 @@ from edgetx.bundle import Bundle
 from edgetx.cli import main
 from edgetx.build.select import CANDIDATES, select_graph
 from edgetx.passes.ort_fusions import OrtFusions
-from edgetx.passes import PassResult
+from edgetx.passes import GraphPass, PassResult
 
 
-class BreakWeights:
+class BreakWeights(GraphPass):
     """A 'fusion' that silently corrupts the graph: it must never be kept, however fast."""
 
     name = "broken"
 
-    def __call__(self, model) -> PassResult:
+    def call(self, model) -> PassResult:
         value = max(model.graph.initializers.values(), key=lambda v: v.const_value.size)
         array = value.const_value.numpy()
         noise = np.random.default_rng(0).standard_normal(array.shape).astype(array.dtype)
         value.const_value = ir.Tensor(array + 0.1 * array.std() * noise, name=value.name)
-        return PassResult(model, True, {})
+        return self.done(model)
 
 
 def _select(bundle_path, tmp_path, candidates, scores):

@@ -22,13 +22,16 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgetx.bundle import Bundle
 from edgetx.errors import EdgetxError, InputError
-from edgetx.passes.fixed_dims import fix_model
 from edgetx.runtimes.session import Session
 from edgetx.verify.fixed import compare_runs, fixed_feeds
 from edgetx.runtimes.backend import FIXED_FORMAT, REFERENCE_BACKEND
+
+if TYPE_CHECKING:
+    from edgetx.passes import GraphPass
 
 REQUIRED_OPERATORS = "mobile/required_operators.config"
 USABILITY_EPS = {"NNAPI": "nnapi", "CoreML NeuralNetwork": "coreml_supported_neuralnetwork_ops.md",
@@ -161,11 +164,13 @@ def parse_dims(text: str, io: dict) -> dict[str, int]:
 
 
 
-def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None = None, transform=None,
-              transform_name: str = "") -> dict[str, dict]:
+def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None = None,
+              transform: GraphPass | None = None, transform_name: str = "") -> dict[str, dict]:
     """Write `VARIANT/model.fixed.onnx` for each (or the named) variant, check it against the dynamic
-    variant on ort-cpu, and record it (format "onnx-fixed" and its dims) in the manifest. `transform`
-    (named `transform_name` in the manifest) is applied to each fixed copy before the check."""
+    variant on ort-cpu, and record it (format "onnx-fixed" and its dims) in the manifest. `transform`, a
+    pass (named `transform_name` in the manifest), is applied to each fixed copy before the check."""
+    from edgetx.passes.files import transform_file
+    from edgetx.passes.fixed_dims import FixDims
     from edgetx.runtimes.backend import SessionOptions, get_backend
     from edgetx.verify.tolerances import tolerance_for
 
@@ -175,7 +180,7 @@ def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None =
             variant = bundle.variant(name)
             staged = Path(tmp) / name / "model.fixed.onnx"
             staged.parent.mkdir(parents=True)
-            fix_model(bundle.file(variant.file), staged, dims, bundle.io, transform)
+            transform_file(bundle.file(variant.file), staged, [FixDims(dims, bundle.io)] + ([transform] if transform else []))
             dynamic = Session(bundle, variant=name, verify_hashes=False)
             feeds = fixed_feeds(bundle, dynamic, dims)
             want = dynamic.run(feeds)

@@ -6,7 +6,7 @@
 3. measure the fp32 tolerance: `edgetx.verify.parity.measure_fp32_tolerance`;
 4. optimize: `edgetx.build.select.select_graph` builds graph candidates from `edgetx.passes`, verifies each
    and keeps the fastest that passes;
-5. the kind's own graph edits (`ModelKind.finish_graph`: a causal LM's logits_to_keep input);
+5. the kind's own graph edits (`ModelKind.graph_passes`: a causal LM's logits_to_keep input);
 6. verify the kept graph against the golden I/O (`edgetx.verify.parity.verify`);
 7. quantized variants, each behind its gate: `edgetx.quant.gates.quantize_gated` (schemes in
    edgetx.quant.schemes, applied by edgetx.quant.apply), then verified like fp32;
@@ -77,13 +77,12 @@ def _export_failed(source, out: str | Path, error: Exception) -> EdgetxError:
 
 def _optimize_fp32(provisional: Bundle, writer: BundleWriter) -> dict:
     """Select the fp32 graph by measurement and put the winner at fp32/model.onnx."""
-    import onnx_ir as ir
-
     from edgetx.build.select import select_graph
+    from edgetx.passes.files import save
 
     def write(name: str, model) -> str:
         rel = f"candidates/{name}/model.onnx"
-        ir.save(model, writer.path(rel))
+        save(model, writer.path(rel))
         return rel
 
     selection = select_graph(provisional, "fp32/model.onnx", write, target=REFERENCE_BACKEND)
@@ -150,6 +149,7 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
     _require_export_extra()
     from edgetx.exporters.source import ExportSource, load_source
     from edgetx.verify.parity import measure_fp32_tolerance, verify
+    from edgetx.passes.files import transform_file
 
     with BundleWriter(out, overwrite=force) as writer:
         with stage("load model"):
@@ -194,8 +194,10 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
                 manifest["optimization"] = _optimize_fp32(provisional, writer)
         if kind.graph_edits:
             with stage(kind.graph_edits):
-                added, log = kind.finish_graph(writer.path("fp32/model.onnx"))
-                manifest["io"]["inputs"] += added  # the provisional bundle shares io
+                passes = kind.graph_passes()
+                log = transform_file(writer.path("fp32/model.onnx"), writer.path("fp32/model.onnx"), passes)
+                manifest["io"]["inputs"] += [dict(spec) for p, record in zip(passes, log) if record["modified"]
+                                             for spec in p.adds_inputs]  # the provisional bundle shares io
                 manifest["provenance"]["graph_edits"] = log
         with stage("verify the kept fp32 graph against the golden I/O"):
             reports = verify(provisional, backend=REFERENCE_BACKEND)

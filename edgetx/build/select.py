@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from edgetx.errors import EdgetxError
 from edgetx.kinds import kind_of
 from edgetx import progress
-from edgetx.passes import _ir, run_passes
+from edgetx.passes import run
+from edgetx.passes.files import load, transform_file
 from edgetx.passes.cpu_kernels import CpuKernelRewrites
 from edgetx.passes.gqa_padding import GqaPaddedBatches
 from edgetx.passes.ort_fusions import OrtFusions
@@ -37,18 +37,9 @@ CANDIDATES: dict[str, list] = {
 
 def optimize_file(src: str | Path, dst: str | Path, candidate: str = "ort-fusions") -> list[dict]:
     """`edgetx optimize`: apply a candidate's passes to one ONNX file."""
-    ir = _ir()
     if candidate not in CANDIDATES:
         raise EdgetxError(f"unknown optimization {candidate!r}; known: {', '.join(CANDIDATES)}")
-    try:
-        model = ir.load(src)
-    except Exception as e:  # onnx_ir raises protobuf/OS errors for unreadable files
-        raise EdgetxError(f"{src}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-    model, log = run_passes(model, CANDIDATES[candidate])
-    tmp = Path(f"{dst}.partial")
-    ir.save(model, tmp)
-    tmp.replace(dst)
-    return log
+    return transform_file(src, dst, CANDIDATES[candidate])
 
 
 # --- measured selection --------------------------------------------------------------------------
@@ -97,7 +88,6 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
     kind = kind_of(bundle)
     timer = timer or kind.time_graph
 
-    ir = _ir()
     golden = bundle.golden()
     tolerance = bundle.variant("fp32").tolerance
     results, sessions = [], {}
@@ -105,7 +95,7 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
         progress.log.debug("graph candidate %s: %s", name, ", ".join(p.name for p in passes) or "as exported")
         entry: dict = {"name": name, "passes": [p.name for p in passes]}
         try:
-            model, log = run_passes(ir.load(bundle.file(fp32_rel)), passes)
+            model, log = run(load(bundle.file(fp32_rel)), passes)
         except Exception as e:  # a pass that cannot handle this graph is a rejected candidate, not a crash
             entry.update(kept=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
             results.append(entry)

@@ -12,7 +12,7 @@ value by value), so a new kind overrides only what it does differently:
 - quantization gates: `calibration_feeds`, `gate_metrics`, `gate_misses`, `gate_score`, `gate_summary`;
 - timing: `time_graph` (graph-candidate selection), `bench` and `bench_rows` (edgetx bench);
 - the report: `report_axes`, `report_accuracy`, `report_latency`;
-- the build: `finish_graph` (kind-specific edits of the kept fp32 graph);
+- the build: `graph_passes` (kind-specific edits of the kept fp32 graph);
 - runtime helpers (`helpers`: e.g. "generate", "embed") and tokenizer behaviour (`truncates_text`).
 
 Torch-free: kinds run on a device as part of the runtime path.
@@ -251,12 +251,12 @@ class ModelKind:
 
     # --- the build -----------------------------------------------------------------------------------
 
-    graph_edits: ClassVar[str] = ""  # what `finish_graph` does, as a build stage's title ("" = nothing)
+    graph_edits: ClassVar[str] = ""  # what `graph_passes` do, as a build stage's title ("" = nothing)
 
-    def finish_graph(self, path: Any) -> tuple[list[dict], list[dict]]:
-        """Kind-specific edits of the kept fp32 graph file before it is verified: (io specs of the inputs
-        they added, one record per edit for the manifest's provenance)."""
-        return [], []
+    def graph_passes(self) -> list:
+        """Kind-specific passes (edgetx.passes.GraphPass) run on the kept fp32 graph before it is verified;
+        the inputs a pass adds when it modifies the graph are in its `adds_inputs`."""
+        return []
 
 
 _KINDS: dict[str, ModelKind] = {}

@@ -302,10 +302,8 @@ class CausalLM(ModelKind):
 
     graph_edits = "let prompts ask for the last position's logits only (input logits_to_keep)"
 
-    def finish_graph(self, path) -> tuple[list[dict], list[dict]]:
+    def graph_passes(self) -> list:
         """Let prompts ask for the last position's logits only: the optional input logits_to_keep."""
-        from edgetx.passes.logits_to_keep import INPUT_SPEC, add_logits_to_keep
+        from edgetx.passes.logits_to_keep import LogitsToKeep
 
-        skipped = add_logits_to_keep(path)
-        record = {"pass": "logits-to-keep", "modified": skipped is None, **({"skipped": skipped} if skipped else {})}
-        return ([] if skipped else [dict(INPUT_SPEC)]), [record]
+        return [LogitsToKeep()]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgetx.passes import PassResult, _ir, op_histogram
+from edgetx.passes.base import GraphPass, PassResult, ir
+
+MS_DOMAIN = "com.microsoft"
 
 
-class GqaPaddedBatches:
+class GqaPaddedBatches(GraphPass):
     """Make fused GroupQueryAttention right for left-padded batches.
 
     The fusion rewriter derives GroupQueryAttention's `seqlens_k` from the attention mask and lets
@@ -21,66 +23,70 @@ class GqaPaddedBatches:
 
     name = "gqa-padded-batches"
     MASK_BIAS = -1e4  # added to a padded key's score: finite, so fp16 graphs and all-pad rows stay NaN-free
+    PREFIX = "edgetx_gqa"
 
-    def __call__(self, model) -> PassResult:
-        import onnx
-        from onnx import helper, numpy_helper
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        attention = [n for n in graph if n.op_type == "GroupQueryAttention" and n.domain == MS_DOMAIN]
+        inputs = {v.name: v for v in graph.inputs}
+        missing = {"attention_mask", "position_ids"} - set(inputs)
+        if not attention:
+            return self.skipped(model, "no fused GroupQueryAttention")
+        if missing:
+            return self.skipped(model, f"graph has no input {sorted(missing)}")
+        seqlens_k, total_len, attention_bias, shared = self._shared(graph, inputs["attention_mask"])
+        graph.insert_before(next(iter(graph)), shared)
+        position_ids, rotated = inputs["position_ids"], 0
+        for node in attention:
+            ins = list(node.inputs) + [None] * (11 - len(node.inputs))
+            if node.attributes.get_int("do_rotary", 0):
+                interleaved = node.attributes.get_int("rotary_interleaved", 0)
+                for i, heads in ((0, node.attributes.get_int("num_heads")), (1, node.attributes.get_int("kv_num_heads"))):
+                    name = f"{node.name}.rotary{i}"
+                    rotary = ir.node("RotaryEmbedding", [ins[i], position_ids, ins[7], ins[8]],
+                                     {"num_heads": heads, "interleaved": interleaved}, domain=MS_DOMAIN, name=name)
+                    rotary.outputs[0].name = name
+                    graph.insert_before(node, rotary)
+                    ins[i] = rotary.outputs[0]
+                rotated += 1
+                node.attributes["do_rotary"] = ir.AttrInt64("do_rotary", 0)
+            ins[5:11] = [seqlens_k, total_len, None, None, None, attention_bias]
+            node.resize_inputs(11)
+            for index, value in enumerate(ins):
+                node.replace_input_with(index, value)
+        return self.done(model, attention_nodes=len(attention), rotary_moved_out=rotated)
 
-        ir = _ir()
-        proto = ir.to_proto(model)
-        graph = proto.graph
-        attention = [n for n in graph.node if n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"]
-        missing = {"attention_mask", "position_ids"} - {i.name for i in graph.input}
-        if not attention or missing:
-            reason = "no fused GroupQueryAttention" if not attention else f"graph has no input {sorted(missing)}"
-            ops = op_histogram(model)
-            return PassResult(model, False, {"skipped": reason, "ops_before": ops, "ops_after": ops})
-        p = "edgetx_gqa"
-        constants = {f"{p}.one": np.array(1, np.int64), f"{p}.one_1d": np.array([1], np.int64),
-                     f"{p}.one_f": np.array(1.0, np.float32), f"{p}.mask_bias": np.array(self.MASK_BIAS, np.float32),
-                     f"{p}.axes_1_2": np.array([1, 2], np.int64)}
-        graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
-        node = helper.make_node
-        shared = [
-            node("Shape", ["attention_mask"], [f"{p}.batch"], start=0, end=1),
-            node("Shape", ["attention_mask"], [f"{p}.total"], start=1, end=2),
-            node("Shape", ["position_ids"], [f"{p}.new"], start=1, end=2),
-            node("Sub", [f"{p}.total", f"{p}.one"], [f"{p}.last"]),  # seqlens_k: every row full length
-            node("Expand", [f"{p}.last", f"{p}.batch"], [f"{p}.last_b"]),
-            node("Cast", [f"{p}.last_b"], [f"{p}.seqlens_k"], to=onnx.TensorProto.INT32),
-            node("Squeeze", [f"{p}.total"], [f"{p}.total_0d"]),
-            node("Cast", [f"{p}.total_0d"], [f"{p}.total_len"], to=onnx.TensorProto.INT32),
-            node("Cast", ["attention_mask"], [f"{p}.mask_f"], to=onnx.TensorProto.FLOAT),  # bias = (1 - mask) * -1e4
-            node("Sub", [f"{p}.one_f", f"{p}.mask_f"], [f"{p}.pads"]),
-            node("Mul", [f"{p}.pads", f"{p}.mask_bias"], [f"{p}.bias_bt"]),
-            node("Unsqueeze", [f"{p}.bias_bt", f"{p}.axes_1_2"], [f"{p}.bias_b11t"]),
-            node("Concat", [f"{p}.batch", f"{p}.one_1d", f"{p}.new", f"{p}.total"], [f"{p}.bias_shape"], axis=0),
-            node("Expand", [f"{p}.bias_b11t", f"{p}.bias_shape"], [f"{p}.attention_bias"]),
-        ]
-        nodes, rotated = [], 0
-        for n in graph.node:
-            if n in attention:
-                attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-                ins = list(n.input) + [""] * (11 - len(n.input))
-                if attrs.get("do_rotary"):
-                    for i, heads in ((0, attrs["num_heads"]), (1, attrs["kv_num_heads"])):
-                        out = f"{n.name}.rotary{i}"
-                        nodes.append(node("RotaryEmbedding", [ins[i], "position_ids", ins[7], ins[8]], [out],
-                                          name=out, domain="com.microsoft", num_heads=heads,
-                                          interleaved=attrs.get("rotary_interleaved", 0)))
-                        ins[i] = out
-                    rotated += 1
-                ins[5:11] = [f"{p}.seqlens_k", f"{p}.total_len", "", "", "", f"{p}.attention_bias"]
-                del n.input[:]
-                n.input.extend(ins)
-                for a in n.attribute:
-                    if a.name == "do_rotary":
-                        a.i = 0
-            nodes.append(n)
-        del graph.node[:]
-        graph.node.extend(shared + nodes)
-        before = op_histogram(model)
-        model = ir.from_proto(proto)
-        return PassResult(model, True, {"attention_nodes": len(attention), "rotary_moved_out": rotated,
-                                        "ops_before": before, "ops_after": op_histogram(model)})
+    def _shared(self, graph: ir.Graph, mask: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value, list[ir.Node]]:
+        """The nodes every attention shares: seqlens_k (every row full length), total_len, and the
+        additive bias (1 - mask) * MASK_BIAS broadcast to [batch, 1, new, total]."""
+        p = self.PREFIX
+        constants = {}
+        for name, array in {"one": np.array(1, np.int64), "one_1d": np.array([1], np.int64),
+                            "one_f": np.array(1.0, np.float32), "mask_bias": np.array(self.MASK_BIAS, np.float32),
+                            "axes_1_2": np.array([1, 2], np.int64)}.items():
+            constants[name] = ir.Value(name=f"{p}.{name}", const_value=ir.tensor(array, name=f"{p}.{name}"))
+            graph.register_initializer(constants[name])
+        nodes: list[ir.Node] = []
+        position_ids = next(v for v in graph.inputs if v.name == "position_ids")
 
+        def op(op_type: str, inputs: list, out: str, **attributes) -> ir.Value:
+            node = ir.node(op_type, inputs, attributes or None)
+            node.outputs[0].name = f"{p}.{out}"
+            nodes.append(node)
+            return node.outputs[0]
+
+        batch = op("Shape", [mask], "batch", start=0, end=1)
+        total = op("Shape", [mask], "total", start=1, end=2)
+        new = op("Shape", [position_ids], "new", start=1, end=2)
+        last = op("Sub", [total, constants["one"]], "last")
+        last_b = op("Expand", [last, batch], "last_b")
+        seqlens_k = op("Cast", [last_b], "seqlens_k", to=ir.DataType.INT32)
+        total_0d = op("Squeeze", [total], "total_0d")
+        total_len = op("Cast", [total_0d], "total_len", to=ir.DataType.INT32)
+        mask_f = op("Cast", [mask], "mask_f", to=ir.DataType.FLOAT)
+        pads = op("Sub", [constants["one_f"], mask_f], "pads")
+        bias_bt = op("Mul", [pads, constants["mask_bias"]], "bias_bt")
+        bias_b11t = op("Unsqueeze", [bias_bt, constants["axes_1_2"]], "bias_b11t")
+        shape = op("Concat", [batch, constants["one_1d"], new, total], "bias_shape", axis=0)
+        attention_bias = op("Expand", [bias_b11t, shape], "attention_bias")
+        return seqlens_k, total_len, attention_bias, nodes

@@ -1,4 +1,4 @@
-"""`logits_to_keep`: let a causal-LM graph compute logits for the last k positions only.
+"""`LogitsToKeep`: let a causal-LM graph compute logits for the last k positions only.
 
 A prompt's logits are wanted only at its last position, yet the LM head runs over every
 position: for SmolLM2-135M (vocabulary 49,152) that is 7 GFLOP of a 128-token prefill,
@@ -10,9 +10,9 @@ position either way.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+
+from edgetx.passes.base import GraphPass, PassResult, ir
 
 INPUT = "logits_to_keep"
 INPUT_SPEC = {"name": INPUT, "dtype": "int64", "shape": [], "optional": True, "default": 0}
@@ -20,48 +20,56 @@ _PASS_THROUGH = {"Cast", "Identity"}  # ops the head's output may go through bef
 _HEADS = {"MatMul", "FusedMatMul", "Gemm", "MatMulNBits"}
 
 
-def _head(graph) -> object | None:
+def _head(graph: ir.Graph) -> ir.Node | None:
     """The MatMul-like node whose output becomes the `logits` graph output."""
-    producers = {o: n for n in graph.node for o in n.output}
-    node = producers.get("logits")
+    logits = next((o for o in graph.outputs if o.name == "logits"), None)
+    node = logits.producer() if logits is not None else None
     while node is not None and node.op_type in _PASS_THROUGH:
-        node = producers.get(node.input[0])
+        node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
     return node if node is not None and node.op_type in _HEADS else None
 
 
-def add_logits_to_keep(path: str | Path) -> str | None:
-    """Rewrite the ONNX file at `path` in place; return why nothing was done, or None when done."""
-    import onnx
-    from onnx import helper, numpy_helper
+def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
 
-    model = onnx.load(str(path))
-    graph = model.graph
-    if any(i.name == INPUT for i in graph.input):
-        return f"the graph already has an input {INPUT!r}"
-    head = _head(graph)
-    if head is None:
-        return "no MatMul-like LM head produces the 'logits' output"
-    hidden = head.input[0]
-    kept = f"{hidden}.last_positions"
-    graph.input.append(helper.make_tensor_value_info(INPUT, onnx.TensorProto.INT64, []))
-    graph.initializer.extend([numpy_helper.from_array(np.array(0, np.int64), INPUT),  # overridable default
-                              numpy_helper.from_array(np.array([1], np.int64), f"{INPUT}.one_element"),
-                              numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), f"{INPUT}.end"),
-                              numpy_helper.from_array(np.array([-2], np.int64), f"{INPUT}.axis")])
-    slicing = [helper.make_node("Neg", [INPUT], [f"{INPUT}.neg"], name=f"{INPUT}.neg"),
-               # Reshape, not Unsqueeze: Slice wants 1-D starts whether the feed arrives as a scalar or
-               # as shape [1] (edgetx's own wire to remote workers once turned scalars into [1])
-               helper.make_node("Reshape", [f"{INPUT}.neg", f"{INPUT}.one_element"], [f"{INPUT}.start"],
-                                name=f"{INPUT}.start"),
-               helper.make_node("Slice", [hidden, f"{INPUT}.start", f"{INPUT}.end", f"{INPUT}.axis"], [kept],
-                                name=f"{INPUT}.slice")]
-    nodes = list(graph.node)
-    at = nodes.index(head)
-    head.input[0] = kept
-    del graph.node[:]
-    graph.node.extend(nodes[:at] + slicing + nodes[at:])
-    for output in graph.output:
-        if output.name == "logits" and len(output.type.tensor_type.shape.dim) == 3:
-            output.type.tensor_type.shape.dim[1].dim_param = "logits_seq"  # seq, or fewer when asked
-    onnx.save(model, str(path))
-    return None
+
+class LogitsToKeep(GraphPass):
+    """Add the optional input `logits_to_keep` (default 0: every position) and slice the hidden states
+    to the last k positions before the LM head."""
+
+    name = "logits-to-keep"
+    adds_inputs = (INPUT_SPEC,)
+
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        if any(i.name == INPUT for i in graph.inputs):
+            return self.skipped(model, f"the graph already has an input {INPUT!r}")
+        head = _head(graph)
+        if head is None:
+            return self.skipped(model, "no MatMul-like LM head produces the 'logits' output")
+        keep = ir.Value(name=INPUT, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]),
+                        const_value=ir.tensor(np.array(0, np.int64), name=INPUT))  # the overridable default
+        graph.inputs.append(keep)
+        graph.register_initializer(keep)
+        one = _constant(graph, f"{INPUT}.one_element", np.array([1], np.int64))
+        end = _constant(graph, f"{INPUT}.end", np.array([np.iinfo(np.int64).max], np.int64))
+        axis = _constant(graph, f"{INPUT}.axis", np.array([-2], np.int64))
+        neg = ir.node("Neg", [keep], name=f"{INPUT}.neg")
+        neg.outputs[0].name = f"{INPUT}.neg"
+        # Reshape, not Unsqueeze: Slice wants 1-D starts whether the feed arrives as a scalar or as shape [1]
+        # (edgetx's own wire to remote workers once turned scalars into [1])
+        start = ir.node("Reshape", [neg.outputs[0], one], name=f"{INPUT}.start")
+        start.outputs[0].name = f"{INPUT}.start"
+        hidden = head.inputs[0]
+        sliced = ir.node("Slice", [hidden, start.outputs[0], end, axis], name=f"{INPUT}.slice")
+        sliced.outputs[0].name = f"{hidden.name}.last_positions"
+        graph.insert_before(head, [neg, start, sliced])
+        head.replace_input_with(0, sliced.outputs[0])
+        for output in graph.outputs:
+            if output.name == "logits" and output.shape is not None and len(output.shape) == 3:
+                dims = list(output.shape)
+                dims[1] = ir.SymbolicDim("logits_seq")  # seq, or fewer when asked
+                output.shape = ir.Shape(dims)
+        return self.done(model)

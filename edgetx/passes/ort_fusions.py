@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from edgetx.passes import PassResult, op_histogram
+from edgetx.passes.base import GraphPass, PassResult, ir
 
 
-class OrtFusions:
-    """onnxscript's optimizer + onnxruntime fusion rewriter."""
+class OrtFusions(GraphPass):
+    """onnxscript's optimizer + onnxruntime fusion rewriter (in place on the model)."""
 
     name = "ort-fusions"
 
-    def __call__(self, model) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
-        before = op_histogram(model)
         model, counts = optimize_for_ort(model)
         fusions = {k: v for k, v in counts.items() if v}
-        return PassResult(model, bool(fusions), {"fusions": fusions, "ops_before": before,
-                                                 "ops_after": op_histogram(model)})
-
+        return self.done(model, bool(fusions), fusions=fusions)

@@ -152,19 +152,17 @@ def prepare_int8_graph(s: Scheme, src: str | Path, dst: str | Path,
 
 def _apply_qdq(s: Scheme, src: str, dst: str, exclude: list[str], calibration, inputs: list[dict]) -> None:
     """QNN-oriented static QDQ: finite masks, qnn_preprocess_model, get_qnn_qdq_config, quantize."""
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
-    from edgetx.passes.finite_masks import finite_masks
+    from edgetx.passes.files import transform_file
+    from edgetx.passes.finite_masks import FiniteMasks
 
     check_calibration(calibration, inputs)
     o = s.options
     with tempfile.TemporaryDirectory(prefix="edgetx-qdq-") as tmp:
-        model = onnx.load(src)
-        finite_masks(model)
         finite = Path(tmp) / "finite.onnx"
-        onnx.save(model, str(finite))
+        transform_file(src, finite, [FiniteMasks()])
         prepared = Path(tmp) / "prepared.onnx"
         if not qnn_preprocess_model(str(finite), str(prepared), fuse_layernorm=True) or not prepared.is_file():
             prepared = finite  # nothing to fuse: it writes no file

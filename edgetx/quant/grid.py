@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.errors import EdgetxError
-from edgetx.passes.cpu_kernels import drop_dead
+from edgetx.passes.base import GraphPass, ir
 
 BLOCK = 32
 LEVELS = 16
@@ -64,136 +64,172 @@ def grid_q8_0(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return (np.rint(q) + 128).astype(np.uint8), scale[..., 0]
 
 
-def _weight_kn(node, initializers: dict, producers: dict) -> tuple[np.ndarray, str] | None:
+def _weight_kn(node: ir.Node, initializers) -> tuple[np.ndarray, ir.Value] | None:
     """The constant [K, N] weight of a MatMul-like node and the initializer it comes from: MatMul on an
     initializer or on Transpose(initializer) (a tied lm_head), FusedMatMul with transB on one."""
-    from onnx import helper, numpy_helper
-
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    name = node.input[1] if len(node.input) > 1 else ""
+    attrs = node.attributes
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
     transposed = False
     if node.op_type == "FusedMatMul":
-        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("transA", 0) or attrs.get("transBatchA", 0) \
-                or attrs.get("transBatchB", 0):
+        if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_int("transA", 0) or attrs.get_int("transBatchA", 0) \
+                or attrs.get_int("transBatchB", 0):
             return None
-        transposed = bool(attrs.get("transB", 0))
+        transposed = bool(attrs.get_int("transB", 0))
     elif node.op_type != "MatMul":
         return None
-    if name not in initializers:
-        producer = producers.get(name)
-        perm = [helper.get_attribute_value(a) for a in producer.attribute if a.name == "perm"] if producer else []
-        if producer is None or producer.op_type != "Transpose" or producer.input[0] not in initializers \
-                or perm not in ([], [[1, 0]]):
-            return None
-        name, transposed = producer.input[0], not transposed
-    weight = numpy_helper.to_array(initializers[name])
-    if weight.ndim != 2 or weight.size < MIN_ELEMENTS:
+    if weight is None:
         return None
-    return (np.ascontiguousarray(weight.T) if transposed else weight), name
+    if not _is_initializer(weight, initializers):
+        producer = weight.producer()
+        perm = producer.attributes.get_ints("perm") if producer is not None else None
+        if producer is None or producer.op_type != "Transpose" or not producer.inputs \
+                or not _is_initializer(producer.inputs[0], initializers) or perm not in (None, [1, 0], (1, 0)):
+            return None
+        weight, transposed = producer.inputs[0], not transposed
+    array = weight.const_value.numpy()
+    if array.ndim != 2 or array.size < MIN_ELEMENTS:
+        return None
+    return (np.ascontiguousarray(array.T) if transposed else array), weight
 
 
-def _split(inputs: list[str], outputs: list[str], sizes: list[int], name: str, opset: int, graph) -> list:
-    """Split the last axis of one tensor back into the outputs of the MatMuls that were packed."""
-    from onnx import helper, numpy_helper
-
-    if len(outputs) == 1:
-        return [helper.make_node("Identity", inputs, outputs, name=name)]
-    if opset >= 13:
-        graph.initializer.append(numpy_helper.from_array(np.array(sizes, np.int64), f"{name}.sizes"))
-        return [helper.make_node("Split", [*inputs, f"{name}.sizes"], outputs, axis=-1, name=name)]
-    return [helper.make_node("Split", inputs, outputs, axis=-1, split=sizes, name=name)]
+def _is_initializer(value: ir.Value | None, initializers) -> bool:
+    return value is not None and value.name in initializers and initializers[value.name] is value \
+        and value.const_value is not None
 
 
-def apply_grid(src: str | Path, dst: str | Path, exclude: list[str] | None = None, accuracy_level: int = 0) -> int:
-    """Write `src` with every on-grid weight MatMul (not in `exclude`) as exact low-bit; return how many.
+class GridInt4(GraphPass):
+    """Every on-grid weight MatMul (not in `exclude`) as exact low-bit; `converted` says how many.
 
     4-bit grid weights that read the same input (q/k/v, gate/up) become one packed MatMulNBits and a
     Split: fewer, larger kernel calls. With `accuracy_level` 4 (int8 activations) a weight on the Q8_0
     grid (the tied lm_head of a Q4 GGUF) becomes an exact 8-bit MatMulNBits; at level 0 it stays fp32,
     because onnxruntime's 8-bit kernel without int8 compute runs several times slower than fp32 (a
-    SmolLM2-135M decode step: 130 ms against 40).
+    SmolLM2-135M decode step: 130 ms against 40). No weight on a 4-bit grid raises EdgetxError.
     """
-    import onnx
-    from onnx import helper, numpy_helper
 
-    model = onnx.load(str(src))
-    graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    initializers = {t.name: t for t in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
-    skip = set(exclude or [])
-    plans: dict[str, tuple] = {}  # node name -> ("int4", x, q, step, low) | ("int8", x, q, scale)
-    groups: dict[tuple[str, int], list] = {}  # (input, K) -> int4 nodes reading it, in graph order
-    for node in graph.node:
-        found = _weight_kn(node, initializers, producers) if node.name not in skip else None
-        if found is None:
-            continue
-        weight, source = found
-        four = grid(weight)
-        if four is not None:
-            plans[node.name] = ("int4", source, *four)
-            groups.setdefault((node.input[0], weight.shape[0]), []).append(node)
-        elif accuracy_level == 4 and (eight := grid_q8_0(weight)) is not None:
-            plans[node.name] = ("int8", source, *eight)
-    if not any(plan[0] == "int4" for plan in plans.values()):
-        raise EdgetxError(f"int4-grid: no weight MatMul of {Path(src).name} sits on a 4-bit block grid (the scheme "
-                          "is for models de-quantized from GGUF Q4_0/Q4_1); use int4 for float-trained weights")
-    axis_name = "edgetx_grid_last_axis"
-    graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), axis_name))
-    nodes, block_sums, done = [], {}, set()
-    for node in graph.node:
-        plan = plans.get(node.name)
-        if plan is None:
-            nodes.append(node)
-            continue
-        if node.name in done:
-            continue
-        x = node.input[0]
-        if plan[0] == "int8":
-            _, source, q, scale = plan
-            n, blocks, _ = q.shape
-            graph.initializer.extend([numpy_helper.from_array(q, f"{source}.int8"),
-                                      numpy_helper.from_array(scale.astype(np.float32).reshape(-1), f"{source}.scale")])
-            nodes.append(helper.make_node("MatMulNBits", [x, f"{source}.int8", f"{source}.scale"], list(node.output),
-                                          name=f"{node.name}.int8", domain="com.microsoft", K=blocks * BLOCK, N=n,
-                                          bits=8, block_size=BLOCK, accuracy_level=accuracy_level))
-            done.add(node.name)
-            continue
-        members = groups[(x, plan[2].shape[1] * BLOCK)]
-        done.update(m.name for m in members)
-        k = plan[2].shape[1] * BLOCK
-        qs, steps, offsets, sizes = [], [], [], []
-        for m in members:
-            _, _, q, step, low = plans[m.name]
-            qs.append(q[..., 0::2] | (q[..., 1::2] << 4))  # two 4-bit values per byte, low nibble first
-            steps.append(step)
-            offsets.append((low + 8 * step).T)  # [blocks, N]: what step * (q - 8) leaves out
-            sizes.append(q.shape[0])
-        name = node.name if len(members) == 1 else f"{node.name}.packed"
-        y = f"{node.output[0]}.grid{len(members)}"
-        graph.initializer.extend([
-            numpy_helper.from_array(np.concatenate(qs).astype(np.uint8), f"{name}.int4"),
-            numpy_helper.from_array(np.concatenate(steps).astype(np.float32), f"{name}.step"),
-            numpy_helper.from_array(np.concatenate(offsets, axis=1).astype(np.float32), f"{name}.offset")])
-        if (x, k) not in block_sums:
-            shape = f"{x}.block_shape"
-            graph.initializer.append(numpy_helper.from_array(np.array([0, 0, k // BLOCK, BLOCK], np.int64), shape))
-            nodes += [helper.make_node("Reshape", [x, shape], [f"{x}.blocks"], name=f"{x}.blocks"),
-                      helper.make_node("ReduceSum", [f"{x}.blocks", axis_name], [f"{x}.block_sums"], keepdims=0,
-                                       name=f"{x}.block_sums")]
-            block_sums[(x, k)] = f"{x}.block_sums"
-        nodes += [helper.make_node("MatMulNBits", [x, f"{name}.int4", f"{name}.step"], [f"{y}.int4"],
-                                   name=f"{name}.int4", domain="com.microsoft", K=k, N=sum(sizes), bits=4,
-                                   block_size=BLOCK, accuracy_level=accuracy_level),
-                  helper.make_node("MatMul", [block_sums[(x, k)], f"{name}.offset"], [f"{y}.offset"],
-                                   name=f"{name}.offset"),
-                  helper.make_node("Add", [f"{y}.int4", f"{y}.offset"], [y], name=f"{name}.add"),
-                  *_split([y], [m.output[0] for m in members], sizes, f"{name}.split", opset, graph)]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    drop_dead(graph)  # the Transpose that fed a tied lm_head, and the fp32 weights replaced
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(dst))
-    return len(plans)
+    name = "int4-grid"
 
+    def __init__(self, exclude: list[str] | None = None, accuracy_level: int = 0):
+        super().__init__()
+        self.exclude = set(exclude or [])
+        self.accuracy_level = accuracy_level
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+        graph = model.graph
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
+        initializers = graph.initializers
+        plans: dict[ir.Node, tuple] = {}  # node -> ("int4", source, q, step, low) | ("int8", source, q, scale)
+        groups: dict[tuple[ir.Value, int], list[ir.Node]] = {}  # (input, K) -> int4 nodes reading it, in order
+        for node in graph:
+            found = _weight_kn(node, initializers) if node.name not in self.exclude else None
+            if found is None:
+                continue
+            weight, source = found
+            four = grid(weight)
+            if four is not None:
+                plans[node] = ("int4", source, *four)
+                groups.setdefault((node.inputs[0], weight.shape[0]), []).append(node)
+            elif self.accuracy_level == 4 and (eight := grid_q8_0(weight)) is not None:
+                plans[node] = ("int8", source, *eight)
+        if not any(plan[0] == "int4" for plan in plans.values()):
+            raise EdgetxError("int4-grid: no weight MatMul of the model sits on a 4-bit block "
+                              "grid (the scheme is for models de-quantized from GGUF Q4_0/Q4_1); use int4 for "
+                              "float-trained weights")
+        made: dict[str, ir.Value] = {}
+
+        def constant(name: str, array: np.ndarray) -> ir.Value:
+            """A new initializer; one already made under `name` (same input, same contents) is reused."""
+            if name not in made:
+                made[name] = ir.val(name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+                graph.register_initializer(made[name])
+            return made[name]
+
+        block_sums: dict[tuple[ir.Value, int], ir.Value] = {}
+        done: set[ir.Node] = set()
+        replaced: list[tuple[ir.Value, ir.Value]] = []  # (old output, new output that takes its place)
+        for node in list(graph):
+            plan = plans.get(node)
+            if plan is None or node in done:
+                continue
+            x, label = node.inputs[0], node.name or node.outputs[0].name
+            if plan[0] == "int8":
+                _, source, q, scale = plan
+                n, blocks, _ = q.shape
+                new = ir.node("MatMulNBits", [x, constant(f"{source.name}.int8", q),
+                                              constant(f"{source.name}.scale", scale.astype(np.float32).reshape(-1))],
+                              {"K": blocks * BLOCK, "N": n, "bits": 8, "block_size": BLOCK,
+                               "accuracy_level": self.accuracy_level},
+                              domain="com.microsoft", num_outputs=len(node.outputs), name=f"{label}.int8")
+                graph.insert_before(node, new)
+                replaced += zip(node.outputs, new.outputs)
+                done.add(node)
+                continue
+            k = plan[2].shape[1] * BLOCK
+            members = groups[(x, k)]
+            done.update(members)
+            qs, steps, offsets, sizes = [], [], [], []
+            for m in members:
+                _, _, q, step, low = plans[m]
+                qs.append(q[..., 0::2] | (q[..., 1::2] << 4))  # two 4-bit values per byte, low nibble first
+                steps.append(step)
+                offsets.append((low + 8 * step).T)  # [blocks, N]: what step * (q - 8) leaves out
+                sizes.append(q.shape[0])
+            name = label if len(members) == 1 else f"{label}.packed"
+            y = f"{node.outputs[0].name}.grid{len(members)}"
+            new_nodes = []
+            if (x, k) not in block_sums:
+                shape = constant(f"{x.name}.block_shape", np.array([0, 0, k // BLOCK, BLOCK], np.int64))
+                reshape = ir.node("Reshape", [x, shape], name=f"{x.name}.blocks", outputs=[ir.val(f"{x.name}.blocks")])
+                if opset >= 13:  # axes became an input at opset 13
+                    axes = [constant("edgetx_grid_last_axis", np.array([-1], np.int64))], {"keepdims": 0}
+                else:
+                    axes = [], {"keepdims": 0, "axes": [-1]}
+                reduce = ir.node("ReduceSum", [reshape.outputs[0], *axes[0]], axes[1], name=f"{x.name}.block_sums",
+                                 outputs=[ir.val(f"{x.name}.block_sums")])
+                new_nodes += [reshape, reduce]
+                block_sums[(x, k)] = reduce.outputs[0]
+            nbits = ir.node("MatMulNBits", [x, constant(f"{name}.int4", np.concatenate(qs).astype(np.uint8)),
+                                            constant(f"{name}.step", np.concatenate(steps).astype(np.float32))],
+                            {"K": k, "N": sum(sizes), "bits": 4, "block_size": BLOCK,
+                             "accuracy_level": self.accuracy_level},
+                            domain="com.microsoft", name=f"{name}.int4", outputs=[ir.val(f"{y}.int4")])
+            offset = ir.node("MatMul", [block_sums[(x, k)],
+                                        constant(f"{name}.offset", np.concatenate(offsets, axis=1).astype(np.float32))],
+                             name=f"{name}.offset", outputs=[ir.val(f"{y}.offset")])
+            add = ir.node("Add", [nbits.outputs[0], offset.outputs[0]], name=f"{name}.add", outputs=[ir.val(y)])
+            split = self._split(add.outputs[0], len(members), sizes, f"{name}.split", opset, constant)
+            new_nodes += [nbits, offset, add, split]
+            graph.insert_before(node, new_nodes)
+            replaced += zip((m.outputs[0] for m in members), split.outputs)
+        for old, new in replaced:
+            new.type, new.shape = old.type, old.shape
+            ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+        graph.remove(list(done), safe=True)
+        for old, new in replaced:  # the replacements take the names of the outputs they replace
+            new.name = old.name
+        RemoveUnusedNodesPass()(model)  # the Transpose that fed a tied lm_head, and the fp32 weights replaced
+        model.opset_imports.setdefault("com.microsoft", 1)
+        kinds = [plan[0] for plan in plans.values()]
+        return self.done(model, converted=len(plans), int4=kinds.count("int4"), int8=kinds.count("int8"),
+                         int4_kernels=len(groups))
+
+    @staticmethod
+    def _split(y: ir.Value, count: int, sizes: list[int], name: str, opset: int, constant) -> ir.Node:
+        """Split the last axis of one tensor back into the outputs of the MatMuls that were packed."""
+        if count == 1:
+            return ir.node("Identity", [y], name=name)
+        if opset >= 13:
+            return ir.node("Split", [y, constant(f"{name}.sizes", np.array(sizes, np.int64))], {"axis": -1},
+                           num_outputs=count, name=name)
+        return ir.node("Split", [y], {"axis": -1, "split": sizes}, num_outputs=count, name=name)
+
+
+def apply_grid(src: str | Path, dst: str | Path, exclude: list[str] | None = None, accuracy_level: int = 0) -> int:
+    """Write `src` with every on-grid weight MatMul (not in `exclude`) as exact low-bit (`GridInt4`);
+    return how many. Raises EdgetxError, writing nothing, when no weight sits on a 4-bit grid."""
+    from edgetx.passes.files import transform_file
+
+    (record,) = transform_file(src, dst, [GridInt4(exclude, accuracy_level)])
+    return record["converted"]

@@ -2,7 +2,9 @@
 
 `prepare` writes the graph a dynamic int8 scheme quantizes: onnxruntime's fused encoder ops rewritten
 for its CPU int8 path (edgetx.passes.cpu_kernels: the fused Attention unpacked, SkipLayerNormalization
-split) and, optionally (`outliers`), a calibrated treatment of activation outlier channels.
+split) and, optionally (`outliers`), a calibrated treatment of activation outlier channels (the
+`OutlierTreatment` pass, given what calibration chose per MatMul). The graph edits are onnx_ir passes;
+files are read and written through edgetx.passes.files.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetx.passes.cpu_kernels import drop_dead, split_skip_layer_norm, unpack_attention
+from edgetx.passes import files
+from edgetx.passes.base import GraphPass, PassResult, ir, run
+from edgetx.passes.cpu_kernels import SplitSkipLayerNorm, UnpackAttention, add_initializer
 from edgetx.runtimes.backend import REFERENCE_BACKEND
+from onnx_ir.passes.common import RemoveUnusedNodesPass  # after edgetx.passes: its error when onnx-ir is missing
 
 
 # --- activation outliers (calibrated) ----------------------------------------------------------------
@@ -34,29 +39,43 @@ METADATA_KEY = "edgetx.int8_graph"  # metadata of a graph these rewrites produce
 DECOMPOSE_GAIN, SMOOTH_GAIN = 0.5, 0.8
 
 
-def _weight_matmuls(model) -> list:
-    inits = {i.name for i in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits and n.input[0] not in inits
-            and not n.name.endswith(OUTLIER_SUFFIX)]
+def _is_initializer(value: ir.Value | None) -> bool:
+    return value is not None and value.is_initializer()
 
 
-def capture_inputs(model_path: str | Path, feeds: list[dict[str, np.ndarray]], min_elements: int,
+def _weight_matmuls(model: ir.Model) -> list[ir.Node]:
+    return [n for n in model.graph if n.op_type == "MatMul" and len(n.inputs) == 2
+            and _is_initializer(n.inputs[1]) and n.inputs[0] is not None and not _is_initializer(n.inputs[0])
+            and not (n.name or "").endswith(OUTLIER_SUFFIX)]
+
+
+def _weight(node: ir.Node) -> np.ndarray:
+    return node.inputs[1].const_value.numpy().astype(np.float32)
+
+
+def capture_inputs(model: ir.Model, feeds: list[dict[str, np.ndarray]], min_elements: int,
                    max_rows: int = 4096) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Inputs of the weight MatMuls (2-D weights of >= min_elements) on `feeds`, from one fp32 run each:
-    (rows x channels samples, at most `max_rows` evenly spaced; per channel max |x| over every row)."""
-    import onnx
-
-    from edgetx.verify.explain import with_outputs
+    (rows x channels samples, at most `max_rows` evenly spaced; per channel max |x| over every row).
+    onnxruntime runs a copy of `model` saved with those inputs as extra outputs (`model` is unchanged)."""
     from edgetx.runtimes.backend import SessionOptions, get_backend
 
-    model = onnx.load(str(model_path))
-    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    names = sorted({n.input[0] for n in _weight_matmuls(model)
-                    if len(shapes[n.input[1]]) == 2 and int(np.prod(shapes[n.input[1]])) >= min_elements})
+    values = {}
+    for node in _weight_matmuls(model):
+        weight = node.inputs[1].const_value
+        if len(weight.shape) == 2 and weight.size >= min_elements:
+            values.setdefault(node.inputs[0].name, node.inputs[0])
+    names = sorted(values)
     rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
     if names:
+        outputs = model.graph.outputs
+        extra = [values[name] for name in names if values[name] not in outputs]
         with tempfile.TemporaryDirectory(prefix="edgetx-inputs-") as tmp:
-            path = with_outputs(model, names, Path(tmp) / "m.onnx")
+            outputs.extend(extra)
+            try:
+                path = files.save(model, Path(tmp) / "m.onnx")
+            finally:
+                del outputs[len(outputs) - len(extra):]
             session = get_backend(REFERENCE_BACKEND).create_session(path, SessionOptions())
             for feed in feeds:
                 out = session.run(feed, names).outputs
@@ -74,20 +93,17 @@ def _relative_error(exact: np.ndarray, got: np.ndarray) -> float:
     return float(np.linalg.norm(exact - got) / max(float(np.linalg.norm(exact)), 1e-12))
 
 
-def choose_remedies(model, samples: dict[str, np.ndarray], ranges: dict[str, np.ndarray], simulate, *,
+def choose_remedies(model: ir.Model, samples: dict[str, np.ndarray], ranges: dict[str, np.ndarray], simulate, *,
                     alphas: tuple[float, ...], threshold: float, max_channels: int) -> dict[str, dict]:
     """Per weight MatMul: {"remedy": "smooth"|"decompose"|"none", errors, alpha or channels}.
     `samples` are calibration inputs (rows x channels) of each MatMul input, `simulate(x, w)` returns the
     scheme's quantized-dequantized (x, w)."""
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
     choices = {}
     for node in _weight_matmuls(model):
-        x, peak = samples.get(node.input[0]), ranges.get(node.input[0])
+        x, peak = samples.get(node.inputs[0].name), ranges.get(node.inputs[0].name)
         if x is None or peak is None:
             continue
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        w = _weight(node)
         exact = x @ w
 
         def error(xs: np.ndarray, ws: np.ndarray) -> float:
@@ -120,47 +136,60 @@ def _smoothing(peak: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
     return (s / np.exp(np.log(s).mean())).astype(np.float32)
 
 
-def apply_remedies(model, choices: dict[str, dict], ranges: dict[str, np.ndarray]) -> None:
-    """Rewrite the MatMuls of `choices` in place (new initializers; shared weights are not touched)."""
-    from onnx import helper, numpy_helper
+class OutlierTreatment(GraphPass):
+    """The weight MatMuls of `choices` (choose_remedies: by node name) rewritten with their remedy, from
+    the calibration's per-channel input peaks `ranges` (by input name): smoothing puts a Mul before the
+    MatMul and scales a new weight; decomposition also sends the outlier channels through a Gather and an
+    fp32 MatMul (named ...OUTLIER_SUFFIX) added back to the int8 half's output. New initializers (shared
+    weights are not touched); what nothing reads any more is removed."""
 
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    nodes = []
-    for node in graph.node:
-        choice = choices.get(node.name, {"remedy": "none"})
-        if choice["remedy"] == "none":
-            nodes.append(node)
-            continue
-        x, y, p = node.input[0], node.output[0], node.name
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        peak = ranges[x]
-        if choice["remedy"] == "smooth":
-            s = _smoothing(peak, w, choice["alpha"])
-            scale, weight = (1 / s).astype(np.float32), w * s[:, None]
-        else:
-            channels = np.array(choice["channels"], np.int64)
-            scale = np.ones(len(peak), np.float32)
-            scale[channels] = 0
-            weight = w * scale[:, None]
-            graph.initializer.extend([numpy_helper.from_array(channels, f"{p}/outlier_channels"),
-                                      numpy_helper.from_array(np.ascontiguousarray(w[channels]), f"{p}/outlier_weight")])
-            nodes.append(helper.make_node("Gather", [x, f"{p}/outlier_channels"], [f"{p}/outliers"],
-                                          name=f"{p}/outlier_Gather", axis=-1))
-            nodes.append(helper.make_node("MatMul", [f"{p}/outliers", f"{p}/outlier_weight"], [f"{p}/outlier_out"],
-                                          name=p + OUTLIER_SUFFIX))
-        # (names unlike the quantizer's own: it appends _quantized, _scale, _zero_point to input names)
-        graph.initializer.extend([numpy_helper.from_array(scale, f"{p}/remedy_factor"),
-                                  numpy_helper.from_array(weight.astype(np.float32), f"{p}/remedy_weight")])
-        nodes.append(helper.make_node("Mul", [x, f"{p}/remedy_factor"], [f"{p}/remedy_input"], name=f"{p}/remedy_Mul"))
-        node.input[0], node.input[1] = f"{p}/remedy_input", f"{p}/remedy_weight"
-        nodes.append(node)
-        if choice["remedy"] == "decompose":
-            node.output[0] = f"{p}/int8_out"
-            nodes.append(helper.make_node("Add", [f"{p}/int8_out", f"{p}/outlier_out"], [y], name=f"{p}/outlier_Add"))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    drop_dead(graph)
+    name = "outlier-treatment"
+
+    def __init__(self, choices: dict[str, dict], ranges: dict[str, np.ndarray]):
+        super().__init__()
+        self.choices, self.ranges = choices, ranges
+
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        treated: dict[str, list[str]] = {"smooth": [], "decompose": []}
+        for node in _weight_matmuls(model):
+            remedy = self.choices.get(node.name, {"remedy": "none"})
+            if remedy["remedy"] == "none":
+                continue
+            x, y, p = node.inputs[0], node.outputs[0], node.name
+            w = _weight(node)
+            peak = self.ranges[x.name]
+            new_nodes = []
+            if remedy["remedy"] == "smooth":
+                s = _smoothing(peak, w, remedy["alpha"])
+                scale, weight = (1 / s).astype(np.float32), w * s[:, None]
+            else:
+                channels = np.array(remedy["channels"], np.int64)
+                scale = np.ones(len(peak), np.float32)
+                scale[channels] = 0
+                weight = w * scale[:, None]
+                gather = ir.node("Gather", [x, add_initializer(graph, f"{p}/outlier_channels", channels)], {"axis": -1},
+                                 outputs=[ir.val(f"{p}/outliers")], name=f"{p}/outlier_Gather")
+                outlier_weight = add_initializer(graph, f"{p}/outlier_weight", np.ascontiguousarray(w[channels]))
+                new_nodes += [gather, ir.node("MatMul", [gather.outputs[0], outlier_weight],
+                                              outputs=[ir.val(f"{p}/outlier_out")], name=p + OUTLIER_SUFFIX)]
+            # (names unlike the quantizer's own: it appends _quantized, _scale, _zero_point to input names)
+            mul = ir.node("Mul", [x, add_initializer(graph, f"{p}/remedy_factor", scale)],
+                          outputs=[ir.val(f"{p}/remedy_input")], name=f"{p}/remedy_Mul")
+            graph.insert_before(node, [*new_nodes, mul])
+            node.replace_input_with(0, mul.outputs[0])
+            node.replace_input_with(1, add_initializer(graph, f"{p}/remedy_weight", weight.astype(np.float32)))
+            if remedy["remedy"] == "decompose":  # the int8 half's output renamed; the sum takes its name and uses
+                total = ir.val(y.name, type=y.type, shape=y.shape)
+                y.name = f"{p}/int8_out"
+                y.replace_all_uses_with(total, replace_graph_outputs=True)
+                graph.insert_after(node, ir.node("Add", [y, new_nodes[-1].outputs[0]], outputs=[total],
+                                                 name=f"{p}/outlier_Add"))
+            treated[remedy["remedy"]].append(p)
+        if not any(treated.values()):
+            return self.skipped(model, "no MatMul whose int8 error a remedy cut enough")
+        RemoveUnusedNodesPass()(model)  # the fp32 weights replaced (unless another node shares them)
+        return self.done(model, smoothed=len(treated["smooth"]), decomposed=len(treated["decompose"]))
 
 
 def prepare(src: str | Path, dst: str | Path, *, attention: bool = True, skip_layer_norm: bool = True,
@@ -171,29 +200,27 @@ def prepare(src: str | Path, dst: str | Path, *, attention: bool = True, skip_la
     A graph these rewrites already produced is left alone: None, and `dst` is not written."""
     import json
 
-    import onnx
-
     from edgetx.errors import InputError
 
-    model = onnx.load(str(src))
-    if any(p.key == METADATA_KEY for p in model.metadata_props):
+    model = files.load(src)
+    if METADATA_KEY in model.metadata_props:
         return None
-    record: dict = {"attention_unpacked": unpack_attention(model) if attention else 0,
-                    "skip_layer_norm_split": split_skip_layer_norm(model) if skip_layer_norm else 0}
+    if outliers and not calibration:
+        raise InputError("handling activation outliers needs calibration data and none was given; the bundle's "
+                         "quant.npz holds real text for it (use the scheme through `edgetx build`)")
+    passes = ([UnpackAttention()] if attention else []) + ([SplitSkipLayerNorm()] if skip_layer_norm else [])
+    model, log = run(model, passes)
+    counts = {key: r[key] for r in log for key in ("attention_unpacked", "skip_layer_norm_split") if key in r}
+    record: dict = {"attention_unpacked": counts.get("attention_unpacked", 0),
+                    "skip_layer_norm_split": counts.get("skip_layer_norm_split", 0)}
     if outliers:
-        if not calibration:
-            raise InputError("handling activation outliers needs calibration data and none was given; the bundle's "
-                             "quant.npz holds real text for it (use the scheme through `edgetx build`)")
-        with tempfile.TemporaryDirectory(prefix="edgetx-int8-graph-") as tmp:
-            onnx.save(model, str(Path(tmp) / "m.onnx"))
-            samples, ranges = capture_inputs(Path(tmp) / "m.onnx", calibration, min_elements)
+        samples, ranges = capture_inputs(model, calibration, min_elements)
         choices = choose_remedies(model, samples, ranges, simulate, **outliers)
-        apply_remedies(model, choices, ranges)
+        model, _ = run(model, [OutlierTreatment(choices, ranges)])
         record["smoothed"] = sorted(n for n, c in choices.items() if c["remedy"] == "smooth")
         record["decomposed"] = sorted(n for n, c in choices.items() if c["remedy"] == "decompose")
         record["outliers"] = choices
     summary = {k: v if isinstance(v, int) else len(v) for k, v in record.items() if k != "outliers"}
-    model.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=json.dumps(summary)))
-    large = model.ByteSize() > 2**31 - 2**20  # protobuf's limit: keep the weights beside it
-    onnx.save(model, str(dst), save_as_external_data=large, location=Path(dst).name + ".data" if large else None)
+    model.metadata_props[METADATA_KEY] = json.dumps(summary)
+    files.save(model, dst)
     return record

@@ -10,7 +10,6 @@ import numpy as np
 
 from edgetx.quant.schemes import Scheme
 from edgetx.runtimes.backend import REFERENCE_BACKEND, SessionOptions, get_backend
-from edgetx.verify.explain import with_outputs
 
 
 def _fake_quant(x: np.ndarray, bits: int, axis: int | None, symmetric: bool = False) -> np.ndarray:
@@ -47,6 +46,8 @@ def sensitivity(fp32_path: Path, s: Scheme, feeds: list[dict[str, np.ndarray]], 
     import onnx
     from onnx import numpy_helper
 
+    from edgetx.passes.expose import expose_file
+
     model = onnx.load(str(fp32_path))
     weights = {i.name: i for i in model.graph.initializer}
     targets = []
@@ -54,7 +55,7 @@ def sensitivity(fp32_path: Path, s: Scheme, feeds: list[dict[str, np.ndarray]], 
         if node.op_type == "MatMul" and node.input[1] in weights and node.input[0] not in weights:
             targets.append((node.name, node.input[0], numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)))
     with tempfile.TemporaryDirectory(prefix="edgetx-sens-") as tmp:
-        path = with_outputs(model, sorted({t[1] for t in targets}), Path(tmp) / "m.onnx")
+        path = expose_file(fp32_path, sorted({t[1] for t in targets}), Path(tmp) / "m.onnx")
         session = get_backend(backend).create_session(path, SessionOptions())
         scores = {name: 0.0 for name, _, _ in targets}
         for feed in feeds:

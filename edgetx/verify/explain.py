@@ -111,17 +111,6 @@ def _float_values(model) -> set[str] | None:
     return {name for name, t in known.items() if t in _FLOAT_TYPES} if known else None
 
 
-def with_outputs(model, names: list[str], path: Path) -> Path:
-    import onnx
-
-    existing = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in existing:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
-    onnx.save(model, str(path))
-    return path
-
-
 def _group_label(path: str, seen_block: bool) -> str:
     block = block_of(path)
     if block is not None:
@@ -137,6 +126,8 @@ def explain(a: str | Path, b: str | Path, feeds: dict[str, np.ndarray], *, backe
         import onnx
     except ImportError:
         raise EdgetxError("--explain reads ONNX graphs and needs the onnx package: pip install onnx") from None
+    from edgetx.passes.expose import expose_file
+
     backend_b = backend_b or backend_a
     model_a, model_b = onnx.load(str(a)), onnx.load(str(b))
     order_a, _ = _graph_values(model_a)
@@ -158,9 +149,9 @@ def explain(a: str | Path, b: str | Path, feeds: dict[str, np.ndarray], *, backe
     report = Explanation(f"{Path(a).name} on {backend_a}", f"{Path(b).name} on {backend_b}", rel_tol)
     with tempfile.TemporaryDirectory(prefix="edgetx-explain-") as tmp:
         names = [v for v, _ in candidates]
-        session_a = get_backend(backend_a).create_session(with_outputs(model_a, names, Path(tmp) / "a.onnx"),
+        session_a = get_backend(backend_a).create_session(expose_file(a, names, Path(tmp) / "a.onnx"),
                                                           SessionOptions())
-        session_b = get_backend(backend_b).create_session(with_outputs(model_b, names, Path(tmp) / "b.onnx"),
+        session_b = get_backend(backend_b).create_session(expose_file(b, names, Path(tmp) / "b.onnx"),
                                                           SessionOptions())
         del model_a, model_b
         for label, items in groups.items():  # one block's intermediates at a time

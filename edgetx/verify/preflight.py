@@ -73,11 +73,12 @@ class VariantPreflight:
 
 
 def _load_onnx(path: Path):
+    """The graph as an onnx_ir model for the mask and QDQ checks (None without the export extra)."""
     try:
-        import onnx
-    except ImportError:
+        from edgetx.passes.files import load
+    except EdgetxError:
         return None
-    return onnx.load(str(path), load_external_data=False)
+    return load(path)
 
 
 def _reasons(messages: list[str], nodes: list[list[str]]) -> dict[str, str]:
@@ -165,7 +166,7 @@ def check_variant(bundle: Bundle, backend: str, name: str) -> VariantPreflight:
     model = _load_onnx(bundle.file(rel))
     masks = mask_constants(model) if model is not None else []
     low_precision = capabilities.float_precision != "fp32" or any(
-        n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in (model.graph.node if model is not None else []))
+        n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in (model.graph if model is not None else []))
     if masks and low_precision:
         where = ", ".join(f"{w} = {v:.3g}" for w, v in masks[:3])
         result.problems.append(Problem(
@@ -243,7 +244,7 @@ def preflight(bundle: Bundle, backend: str, variants: list[str] | None = None, d
     """check_variant for each (or the named) variant; with `apply`, first add the safe remedies
     (fixed-shape copies at `dims`, with finite masks where the check found mask problems)."""
     from edgetx.build.convert import add_fixed, parse_dims
-    from edgetx.passes.finite_masks import finite_masks
+    from edgetx.passes.finite_masks import FiniteMasks
 
     names = variants or list(bundle.variants)
     unknown = [n for n in names if n not in bundle.variants]
@@ -259,7 +260,7 @@ def preflight(bundle: Bundle, backend: str, variants: list[str] | None = None, d
             masks = any(p.kind == "mask" for p in safe)
             log.info("%s: applying %s (fixed shapes %s)", name, ", ".join(p.kind for p in safe), chosen)
             try:
-                add_fixed(bundle, chosen, [name], transform=finite_masks if masks else None,
+                add_fixed(bundle, chosen, [name], transform=FiniteMasks() if masks else None,
                           transform_name="finite masks (-1e4)" if masks else "")
             except EdgetxError as e:
                 result.problems.append(Problem("apply", f"the safe remedies could not be applied: {e}", "see the error"))

@@ -1,0 +1,103 @@
+"""The one pass interface: every graph transformation is an onnx_ir pass with a PassResult, composable
+with onnx_ir.passes.Sequential, saying "nothing to do" one way; files only through edgetx.passes.files."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import numpy as np
+import pytest
+
+ir = pytest.importorskip("onnx_ir")
+common = pytest.importorskip("onnx_ir.passes.common")
+
+import edgetx.passes  # noqa: E402
+from edgetx.errors import EdgetxError  # noqa: E402
+from edgetx.passes import GraphPass, run  # noqa: E402
+from edgetx.passes.files import load, save, transform_file  # noqa: E402
+from edgetx.passes.fixed_dims import FixDims  # noqa: E402
+from edgetx.passes.logits_to_keep import INPUT, LogitsToKeep  # noqa: E402
+
+
+def _lm_head_graph() -> ir.Model:
+    """hidden [batch, seq, 4] @ W [4, 8] -> logits [batch, seq, 8]."""
+    hidden = ir.Value(name="hidden", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["batch", "seq", 4]))
+    weight = ir.Value(name="w", const_value=ir.tensor(np.arange(32, dtype=np.float32).reshape(4, 8), name="w"))
+    head = ir.node("MatMul", [hidden, weight], name="lm_head")
+    logits = head.outputs[0]
+    logits.name, logits.type, logits.shape = "logits", ir.TensorType(ir.DataType.FLOAT), ir.Shape(["batch", "seq", 8])
+    graph = ir.Graph([hidden], [logits], nodes=[head], initializers=[weight], opset_imports={"": 18}, name="g")
+    return ir.Model(graph, ir_version=10)
+
+
+def test_every_transformation_is_an_onnx_ir_pass():
+    found = []
+    for info in pkgutil.iter_modules(edgetx.passes.__path__):
+        module = importlib.import_module(f"edgetx.passes.{info.name}")
+        found += [c for _, c in inspect.getmembers(module, inspect.isclass)
+                  if c.__module__ == module.__name__ and issubclass(c, GraphPass)]
+    names = {c.__name__ for c in found}
+    assert {"LogitsToKeep", "FiniteMasks", "FixDims", "OrtFusions", "OrtOffline", "GqaPaddedBatches",
+            "CpuKernelRewrites"} <= names
+    assert all(issubclass(c, ir.passes.PassBase) for c in found)
+
+
+def test_passes_compose_with_sequential_and_record_what_they_did(tmp_path):
+    model = _lm_head_graph()
+    result = ir.passes.Sequential(LogitsToKeep(), common.RemoveUnusedNodesPass())(model)
+    assert result.modified and INPUT in [v.name for v in result.model.graph.inputs]
+    again = LogitsToKeep()
+    model, log = run(result.model, [again])
+    assert log == [again.record] and log[0]["modified"] is False
+    assert log[0]["skipped"] == f"the graph already has an input {INPUT!r}"
+    assert log[0]["ops_before"] == log[0]["ops_after"] == {"MatMul": 1, "Neg": 1, "Reshape": 1, "Slice": 1}
+
+
+def test_logits_to_keep_slices_before_the_head_and_defaults_to_every_position(tmp_path):
+    import onnxruntime as ort
+
+    path = save(_lm_head_graph(), tmp_path / "m.onnx")
+    (record,) = transform_file(path, path, [LogitsToKeep()])
+    assert record["modified"] and not (tmp_path / "m.onnx.partial").exists()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    hidden = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
+    (every,) = session.run(None, {"hidden": hidden})
+    (last,) = session.run(None, {"hidden": hidden, INPUT: np.array(1, np.int64)})
+    assert every.shape == (2, 5, 8) and last.shape == (2, 1, 8)
+    np.testing.assert_allclose(last[:, 0], every[:, -1], rtol=1e-6)
+
+
+def test_no_head_is_a_skip_with_its_reason():
+    model = _lm_head_graph()
+    model.graph.outputs[0].name = "scores"
+    result = LogitsToKeep()(model)
+    assert not result.modified and "LM head" in result.details["skipped"]
+
+
+def test_a_pass_error_names_the_file_and_writes_nothing(tmp_path):
+    src = save(_lm_head_graph(), tmp_path / "m.onnx")
+    io = {"inputs": [{"name": "hidden", "shape": ["batch", "seq", 4]}], "outputs": []}
+    with pytest.raises(EdgetxError, match=r"m\.onnx: cannot give 'seq' a value"):
+        transform_file(src, tmp_path / "fixed.onnx", [FixDims({"batch": 1}, io)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_fixed_dims_fixes_inputs_and_infers_outputs(tmp_path):
+    src = save(_lm_head_graph(), tmp_path / "m.onnx")
+    io = {"inputs": [{"name": "hidden", "shape": ["batch", "seq", 4]}],
+          "outputs": [{"name": "logits", "shape": ["batch", "seq", 8]}]}
+    (record,) = transform_file(src, tmp_path / "fixed.onnx", [FixDims({"batch": 1, "seq": 3}, io)])
+    fixed = load(tmp_path / "fixed.onnx")
+    assert list(fixed.graph.inputs[0].shape) == [1, 3, 4] and list(fixed.graph.outputs[0].shape) == [1, 3, 8]
+    assert record["dims"] == {"batch": 1, "seq": 3}
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(EdgetxError, match="not a readable ONNX model"):
+        load(bad)
+    with pytest.raises(EdgetxError, match="no such ONNX file"):
+        load(tmp_path / "missing.onnx")
