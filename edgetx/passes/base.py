@@ -60,6 +60,11 @@ class FunctionalGraphPass(GraphPass):
         return False
 
 
+def default_opset(model: ir.Model, missing: int = 0) -> int:
+    """The model's version of the default ONNX domain ("" or "ai.onnx"); `missing` when it imports neither."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", missing))
+
+
 def run(model: ir.Model, passes: Sequence[GraphPass]) -> tuple[ir.Model, list[dict]]:
     """Apply `passes` in order (onnx_ir's Sequential); return the model and each pass's record."""
     if not passes:

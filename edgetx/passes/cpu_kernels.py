@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgetx.passes.base import GraphPass, PassResult, ir, run
+from edgetx.passes.base import GraphPass, PassResult, default_opset, ir, run
 from onnx_ir.passes.common import RemoveUnusedNodesPass  # after base: its friendly error when onnx-ir is missing
 
 MS_DOMAIN = "com.microsoft"
@@ -148,7 +148,7 @@ class SplitSkipLayerNorm(GraphPass):
     name = "split-skip-layer-norm"
 
     def call(self, model: ir.Model) -> PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        opset = default_opset(model)
         if opset < 17:
             return _nothing(self, model, "skip_layer_norm_split", f"opset {opset}: LayerNormalization is opset 17")
         graph, count = model.graph, 0

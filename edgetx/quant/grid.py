@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.errors import EdgetxError
-from edgetx.passes.base import GraphPass, ir
+from edgetx.passes.base import GraphPass, default_opset, ir
 
 BLOCK = 32
 LEVELS = 16
@@ -118,7 +118,7 @@ class GridInt4(GraphPass):
         from onnx_ir.passes.common import RemoveUnusedNodesPass
 
         graph = model.graph
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
+        opset = default_opset(model, 13)
         initializers = graph.initializers
         plans: dict[ir.Node, tuple] = {}  # node -> ("int4", source, q, step, low) | ("int8", source, q, scale)
         groups: dict[tuple[ir.Value, int], list[ir.Node]] = {}  # (input, K) -> int4 nodes reading it, in order
