@@ -60,6 +60,13 @@ class FunctionalGraphPass(GraphPass):
         return False
 
 
+def add_initializer(graph: ir.Graph, name: str, array) -> ir.Value:
+    """A new initializer `name` holding `array` (numpy), registered in `graph`."""
+    value = ir.val(name, const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
 def default_opset(model: ir.Model, missing: int = 0) -> int:
     """The model's version of the default ONNX domain ("" or "ai.onnx"); `missing` when it imports neither."""
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", missing))

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgetx.passes.base import GraphPass, PassResult, default_opset, ir, run
+from edgetx.passes.base import GraphPass, PassResult, add_initializer, default_opset, ir, run
 from onnx_ir.passes.common import RemoveUnusedNodesPass  # after base: its friendly error when onnx-ir is missing
 
 MS_DOMAIN = "com.microsoft"
@@ -45,13 +45,6 @@ MS_DOMAIN = "com.microsoft"
 ATTENTION_BIAS_FLOOR = -60.0
 FLOOR_NAME = "edgetx/attention_bias_floor"
 _ATTENTION_ATTRIBUTES = {"num_heads", "qkv_hidden_sizes", "scale", "mask_filter_value", "unidirectional"}
-
-
-def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """A new initializer `name` holding `array`, registered in `graph`."""
-    value = ir.val(name, const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
 
 
 def _is_initializer(value: ir.Value | None) -> bool:

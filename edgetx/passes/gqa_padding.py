@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgetx.passes.base import GraphPass, PassResult, ir
+from edgetx.passes.base import GraphPass, PassResult, add_initializer, ir
 
 MS_DOMAIN = "com.microsoft"
 
@@ -60,12 +60,9 @@ class GqaPaddedBatches(GraphPass):
         """The nodes every attention shares: seqlens_k (every row full length), total_len, and the
         additive bias (1 - mask) * MASK_BIAS broadcast to [batch, 1, new, total]."""
         p = self.PREFIX
-        constants = {}
-        for name, array in {"one": np.array(1, np.int64), "one_1d": np.array([1], np.int64),
-                            "one_f": np.array(1.0, np.float32), "mask_bias": np.array(self.MASK_BIAS, np.float32),
-                            "axes_1_2": np.array([1, 2], np.int64)}.items():
-            constants[name] = ir.Value(name=f"{p}.{name}", const_value=ir.tensor(array, name=f"{p}.{name}"))
-            graph.register_initializer(constants[name])
+        constants = {name: add_initializer(graph, f"{p}.{name}", array) for name, array in {
+            "one": np.array(1, np.int64), "one_1d": np.array([1], np.int64), "one_f": np.array(1.0, np.float32),
+            "mask_bias": np.array(self.MASK_BIAS, np.float32), "axes_1_2": np.array([1, 2], np.int64)}.items()}
         nodes: list[ir.Node] = []
         position_ids = next(v for v in graph.inputs if v.name == "position_ids")
 

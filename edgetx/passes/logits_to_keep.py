@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgetx.passes.base import GraphPass, PassResult, ir
+from edgetx.passes.base import GraphPass, PassResult, add_initializer, ir
 
 INPUT = "logits_to_keep"
 INPUT_SPEC = {"name": INPUT, "dtype": "int64", "shape": [], "optional": True, "default": 0}
@@ -27,12 +27,6 @@ def _head(graph: ir.Graph) -> ir.Node | None:
     while node is not None and node.op_type in _PASS_THROUGH:
         node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
     return node if node is not None and node.op_type in _HEADS else None
-
-
-def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
 
 
 class LogitsToKeep(GraphPass):
@@ -53,9 +47,9 @@ class LogitsToKeep(GraphPass):
                         const_value=ir.tensor(np.array(0, np.int64), name=INPUT))  # the overridable default
         graph.inputs.append(keep)
         graph.register_initializer(keep)
-        one = _constant(graph, f"{INPUT}.one_element", np.array([1], np.int64))
-        end = _constant(graph, f"{INPUT}.end", np.array([np.iinfo(np.int64).max], np.int64))
-        axis = _constant(graph, f"{INPUT}.axis", np.array([-2], np.int64))
+        one = add_initializer(graph, f"{INPUT}.one_element", np.array([1], np.int64))
+        end = add_initializer(graph, f"{INPUT}.end", np.array([np.iinfo(np.int64).max], np.int64))
+        axis = add_initializer(graph, f"{INPUT}.axis", np.array([-2], np.int64))
         neg = ir.node("Neg", [keep], name=f"{INPUT}.neg")
         neg.outputs[0].name = f"{INPUT}.neg"
         # Reshape, not Unsqueeze: Slice wants 1-D starts whether the feed arrives as a scalar or as shape [1]

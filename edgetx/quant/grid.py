@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.errors import EdgetxError
-from edgetx.passes.base import GraphPass, default_opset, ir
+from edgetx.passes.base import GraphPass, add_initializer, default_opset, ir
 
 BLOCK = 32
 LEVELS = 16
@@ -142,8 +142,7 @@ class GridInt4(GraphPass):
         def constant(name: str, array: np.ndarray) -> ir.Value:
             """A new initializer; one already made under `name` (same input, same contents) is reused."""
             if name not in made:
-                made[name] = ir.val(name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
-                graph.register_initializer(made[name])
+                made[name] = add_initializer(graph, name, np.ascontiguousarray(array))
             return made[name]
 
         block_sums: dict[tuple[ir.Value, int], ir.Value] = {}

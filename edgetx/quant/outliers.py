@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.passes import files
-from edgetx.passes.base import GraphPass, PassResult, ir, run
-from edgetx.passes.cpu_kernels import SplitSkipLayerNorm, UnpackAttention, add_initializer
+from edgetx.passes.base import GraphPass, PassResult, add_initializer, ir, run
+from edgetx.passes.cpu_kernels import SplitSkipLayerNorm, UnpackAttention
 from edgetx.runtimes.backend import REFERENCE_BACKEND
 from onnx_ir.passes.common import RemoveUnusedNodesPass  # after edgetx.passes: its error when onnx-ir is missing
 
