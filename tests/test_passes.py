@@ -101,3 +101,37 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
         load(bad)
     with pytest.raises(EdgetxError, match="no such ONNX file"):
         load(tmp_path / "missing.onnx")
+
+
+def _rotary_angles_graph() -> ir.Model:
+    """transformers 5's RoPE angles: cos/sin of Mul(Cast(Unsqueeze(position_ids, -1)), inv_freq)."""
+    positions = ir.Value(name="position_ids", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["batch", "seq"]))
+    axes = ir.Value(name="axes", const_value=ir.tensor(np.array([-1], dtype=np.int64), name="axes"))
+    inv_freq = 1.0 / (10000 ** (np.arange(0, 16, 2, dtype=np.float32) / 16))
+    freq = ir.Value(name="inv_freq", const_value=ir.tensor(inv_freq, name="inv_freq"))
+    unsqueeze = ir.node("Unsqueeze", [positions, axes])
+    cast = ir.node("Cast", unsqueeze.outputs, attributes={"to": ir.DataType.FLOAT})
+    angles = ir.node("Mul", [cast.outputs[0], freq])
+    cos, sin = ir.node("Cos", angles.outputs), ir.node("Sin", angles.outputs)
+    for node, name in ((cos, "cos"), (sin, "sin")):
+        out = node.outputs[0]
+        out.name, out.type, out.shape = name, ir.TensorType(ir.DataType.FLOAT), ir.Shape(["batch", "seq", 8])
+    graph = ir.Graph([positions], [cos.outputs[0], sin.outputs[0]], nodes=[unsqueeze, cast, angles, cos, sin],
+                     initializers=[axes, freq], opset_imports={"": 18}, name="g")
+    return ir.Model(graph, ir_version=10)
+
+
+def test_rotary_angles_are_put_in_the_fusable_form_exactly(tmp_path):
+    import onnxruntime as ort
+
+    from edgetx.passes.rotary_freqs import canonical_rotary_angles
+
+    save(_rotary_angles_graph(), tmp_path / "mul.onnx")
+    model, rewritten = canonical_rotary_angles(_rotary_angles_graph())
+    assert rewritten == 1 and "MatMul" in {n.op_type for n in model.graph}
+    save(model, tmp_path / "matmul.onnx")
+    feeds = {"position_ids": np.array([[0, 1, 2, 3000], [5, 6, 7, 65535]], dtype=np.int64)}
+    before, after = (ort.InferenceSession(str(tmp_path / f)).run(None, feeds) for f in ("mul.onnx", "matmul.onnx"))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))  # one fp32 product either way: bit-equal
+    _, again = canonical_rotary_angles(model)
+    assert again == 0
