@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from edgetx.passes.gqa_padding import ATTENTION_WINDOWS_KEY
 
 # (input_ids, attention_mask, position_ids, past) -> (logits, present); past/present as
 # a list of (key, value) pairs, one per layer.
@@ -33,6 +36,9 @@ class CausalLMSpec:
     head_dim: int
     vocab_size: int
     max_positions: int
+    # Per layer, how many positions a query sees (itself included) under sliding-window attention, None for
+    # full attention; recorded in the graph's metadata so a fused-attention pass can keep the window.
+    attention_windows: tuple[int | None, ...] | None = None
 
     def input_names(self) -> list[str]:
         names = ["input_ids", "attention_mask", "position_ids"]
@@ -133,6 +139,8 @@ def export_causal_lm(
             verbose=False,
         )
     _name_symbolic_dims(program.model, spec)
+    if spec.attention_windows and any(spec.attention_windows):
+        program.model.metadata_props[ATTENTION_WINDOWS_KEY] = json.dumps(list(spec.attention_windows))
     program.save(str(out_path), external_data=False)
     return out_path
 

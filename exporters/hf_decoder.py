@@ -30,6 +30,18 @@ def _attention_soft_capping(config) -> str | None:
 ADJUSTMENTS = [_attention_soft_capping]
 
 
+def attention_windows(config) -> tuple[int | None, ...] | None:
+    """Each layer's sliding window (None: full attention), as the model's own masks apply it: from
+    `layer_types` where the config has them, else the one `sliding_window` for every layer."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types:
+        return tuple(window if kind == "sliding_attention" else None for kind in types)
+    return (window,) * config.num_hidden_layers
+
+
 def _full_layer(key: torch.Tensor, value: torch.Tensor):
     """A cache layer holding `key`/`value` as they are. transformers 4.56-4.57 initialise a layer from
     the keys alone, 5.x from keys and values; the layer's own signature says which."""
@@ -82,6 +94,7 @@ def decoder_source(folder, config, tokenizer, tokenizer_files, *, source, source
         head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
         vocab_size=text.vocab_size,
         max_positions=getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", 2048),
+        attention_windows=attention_windows(text),
     )
     try:
         generation_config = GenerationConfig.from_pretrained(folder, **({"gguf_file": kwargs["gguf_file"]}

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
+from edgetx.errors import EdgetxError
 from edgetx.passes.base import GraphPass, PassResult, add_initializer, ir
 
 MS_DOMAIN = "com.microsoft"
+
+
+ATTENTION_WINDOWS_KEY = "edgetx.attention_windows"  # graph metadata: JSON list, one window (or null) per layer
 
 
 class GqaPaddedBatches(GraphPass):
@@ -19,6 +25,10 @@ class GqaPaddedBatches(GraphPass):
     the pads are masked by an additive `attention_bias` built once from the mask, and q/k are
     rotated by RotaryEmbedding at the model's own `position_ids`: the same numbers as the unfused
     graph, at the fused kernel's speed.
+
+    Sliding-window layers (the exporter lists each layer's window in the graph's metadata): the fused
+    kernel would attend to the whole history, so their bias also masks keys W or more positions behind
+    the query, as the model's own mask does. The fused nodes are the layers in graph order.
     """
 
     name = "gqa-padded-batches"
@@ -34,10 +44,18 @@ class GqaPaddedBatches(GraphPass):
             return self.skipped(model, "no fused GroupQueryAttention")
         if missing:
             return self.skipped(model, f"graph has no input {sorted(missing)}")
+        windows = json.loads(model.metadata_props.get(ATTENTION_WINDOWS_KEY, "[]")) or [None] * len(attention)
+        if len(windows) != len(attention):
+            raise EdgetxError(f"{len(attention)} fused GroupQueryAttention nodes for {len(windows)} layers with "
+                              "sliding-window attention: cannot tell which node is which layer, so the fused "
+                              "graph would lose the window; keep the unfused graph")
         seqlens_k, total_len, attention_bias, shared = self._shared(graph, inputs["attention_mask"])
+        biases = {None: attention_bias}
+        for window in sorted({w for w in windows if w}):
+            biases[window] = self._windowed(graph, attention_bias, window, shared)
         graph.insert_before(next(iter(graph)), shared)
         position_ids, rotated = inputs["position_ids"], 0
-        for node in attention:
+        for node, window in zip(attention, windows):
             ins = list(node.inputs) + [None] * (11 - len(node.inputs))
             if node.attributes.get_int("do_rotary", 0):
                 interleaved = node.attributes.get_int("rotary_interleaved", 0)
@@ -50,11 +68,13 @@ class GqaPaddedBatches(GraphPass):
                     ins[i] = rotary.outputs[0]
                 rotated += 1
                 node.attributes["do_rotary"] = ir.AttrInt64("do_rotary", 0)
-            ins[5:11] = [seqlens_k, total_len, None, None, None, attention_bias]
+            ins[5:11] = [seqlens_k, total_len, None, None, None, biases[window]]
             node.resize_inputs(11)
             for index, value in enumerate(ins):
                 node.replace_input_with(index, value)
-        return self.done(model, attention_nodes=len(attention), rotary_moved_out=rotated)
+        windowed = sum(1 for w in windows if w)
+        return self.done(model, attention_nodes=len(attention), rotary_moved_out=rotated,
+                         **({"sliding_window_layers": windowed} if windowed else {}))
 
     def _shared(self, graph: ir.Graph, mask: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value, list[ir.Node]]:
         """The nodes every attention shares: seqlens_k (every row full length), total_len, and the
@@ -87,3 +107,30 @@ class GqaPaddedBatches(GraphPass):
         shape = op("Concat", [batch, constants["one_1d"], new, total], "bias_shape", axis=0)
         attention_bias = op("Expand", [bias_b11t, shape], "attention_bias")
         return seqlens_k, total_len, attention_bias, nodes
+
+    def _windowed(self, graph: ir.Graph, attention_bias: ir.Value, window: int, nodes: list[ir.Node]) -> ir.Value:
+        """attention_bias plus MASK_BIAS where the key is `window` or more positions behind the query
+        (query i of `new` sits at total - new + i)."""
+        p = f"{self.PREFIX}.w{window}"
+        by_name = {n.outputs[0].name: n.outputs[0] for n in nodes}
+        total, new = by_name[f"{self.PREFIX}.total_0d"], by_name[f"{self.PREFIX}.new"]
+        constants = {name: add_initializer(graph, f"{p}.{name}", array) for name, array in {
+            "zero": np.array(0, np.int64), "one": np.array(1, np.int64), "window": np.array(window, np.int64),
+            "axis_1": np.array([1], np.int64), "axis_0": np.array([0], np.int64),
+            "mask_bias": np.array(self.MASK_BIAS, np.float32), "zero_f": np.array(0.0, np.float32)}.items()}
+
+        def op(op_type: str, inputs: list, out: str, **attributes) -> ir.Value:
+            node = ir.node(op_type, inputs, attributes or None)
+            node.outputs[0].name = f"{p}.{out}"
+            nodes.append(node)
+            return node.outputs[0]
+
+        new_0d = op("Squeeze", [new], "new_0d")
+        first = op("Sub", [total, new_0d], "first_query")
+        queries = op("Range", [first, total, constants["one"]], "queries")
+        keys = op("Range", [constants["zero"], total, constants["one"]], "keys")
+        behind = op("Sub", [op("Unsqueeze", [queries, constants["axis_1"]], "queries_col"),
+                            op("Unsqueeze", [keys, constants["axis_0"]], "keys_row")], "behind")
+        outside = op("GreaterOrEqual", [behind, constants["window"]], "outside")
+        window_bias = op("Where", [outside, constants["mask_bias"], constants["zero_f"]], "bias")
+        return op("Add", [attention_bias, window_bias], "attention_bias")
