@@ -468,7 +468,7 @@ def state_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def module_source(module: torch.nn.Module, *, kind: str | None, inputs: Inputs | None = None, tokenizer: Any = None,
+def module_source(module: torch.nn.Module, *, kind: str | None = None, inputs: Inputs | None = None, tokenizer: Any = None,
                   spec: CausalLMSpec | EncoderSpec | dict | None = None, pooling: str | dict | None = None,
                   held_out: Inputs | None = None, eos_token_ids: Sequence[int] | None = None,
                   name: str | None = None, source: str | None = None) -> ExportSource:
@@ -477,8 +477,9 @@ def module_source(module: torch.nn.Module, *, kind: str | None, inputs: Inputs |
         raise EdgetxError(f"expected a torch.nn.Module, got {type(module).__name__}")
     registered = known_kinds()
     if kind not in registered:
-        raise EdgetxError(f"model kind {kind!r} is not registered; say which kind the module is: "
-                          f"kind={' or '.join(map(repr, registered))}")
+        said = "no model kind given" if kind is None else f"model kind {kind!r} is not registered"
+        raise EdgetxError(f"{said}; say which kind the module is: kind={' or '.join(map(repr, registered))} "
+                          f"(edgetx build: --kind, or the factory's settings)")
     if kind not in MODULE_EXPORTERS:
         raise EdgetxError(f"model kind {kind!r} is registered but has no nn.Module exporter (those with one: "
                           f"{', '.join(MODULE_EXPORTERS)}); build an edgetx.exporters.source.ExportSource for it")

@@ -75,7 +75,12 @@ def load_source(model: str | Path | torch.nn.Module | None, *, allow_pickle: boo
 
     if isinstance(model, str) and module.is_factory_ref(model):
         loaded, settings = module.load_factory(model, allow_pickle=allow_pickle)
-        settings.update({k: v for k, v in module_settings.items() if v is not None})  # the caller's keywords win
+        given = {k: v for k, v in module_settings.items() if v is not None}
+        both = sorted(set(given) & set(settings))
+        if both:
+            raise EdgetxError(f"{model} sets {', '.join(both)} itself; do not give {'them' if len(both) > 1 else 'it'} "
+                              "again (e.g. --kind)")
+        settings.update(given)
         return module.module_source(loaded, source=model, **settings)
     if isinstance(model, torch.nn.Module):
         return module.module_source(model, **module_settings)
