@@ -57,11 +57,9 @@ SPEC_NAMES = {
 def _lookup(field: str, spec: dict, module: torch.nn.Module) -> int | None:
     """The first positive int found for `field` in spec, module.config, then the module's attributes."""
     config = getattr(module, "config", None)
-    places = [spec, config if isinstance(config, dict) else vars(config) if config is not None and
-              hasattr(config, "__dict__") else {}, vars(module)]
-    for place in places:
+    for place in (spec, config, module):
         for name in SPEC_NAMES[field]:
-            value = place.get(name)
+            value = place.get(name) if isinstance(place, dict) else getattr(place, name, None)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
     return None
@@ -142,7 +140,8 @@ def bundle_tokenizer(tokenizer: Any, eos_token_ids: Sequence[int] | None = None)
     elif hasattr(tokenizer, "is_fast"):  # a transformers tokenizer
         if not tokenizer.is_fast:
             raise EdgetxError(f"{type(tokenizer).__name__} is a slow (Python) tokenizer; edgetx's runtime needs a "
-                              "fast one (tokenizer.json): load it with AutoTokenizer.from_pretrained(..., use_fast=True)")
+                              "fast one (tokenizer.json): load it with AutoTokenizer.from_pretrained(..., "
+                              "use_fast=True)")
         backend = tokenizer.backend_tokenizer
         eos = tokenizer.eos_token_id
         template = getattr(tokenizer, "chat_template", None)
@@ -161,7 +160,7 @@ def bundle_tokenizer(tokenizer: Any, eos_token_ids: Sequence[int] | None = None)
         pad = next((i for t in ("[PAD]", "<pad>", "<|pad|>") if (i := backend.token_to_id(t)) is not None), 0)
     block = {"type": "hf", "file": "tokenizer/tokenizer.json", "bos_token": None, "eos_token": None,
              "chat_template": None, **special, "pad_token_id": pad,
-             "eos_token_ids": sorted(set(eos_token_ids if eos_token_ids is not None else special.get("eos_token_ids", [])))}
+             "eos_token_ids": sorted(set(special.get("eos_token_ids", []) if eos_token_ids is None else eos_token_ids))}
     return BundleTokenizer(backend, block, text.encode("utf-8"))
 
 
@@ -197,11 +196,13 @@ def _kv_problem(where: str, pair: Any, batch: int, spec: CausalLMSpec, length: i
 
 
 def _causal_step(forward: Callable, spec: CausalLMSpec, ids: torch.Tensor, past: list, past_len: int,
-                 step: str) -> tuple[torch.Tensor, list]:
+                 step: str, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, list]:
     """One forward call, its outputs checked against the contract; a ContractError says which part is wrong."""
     batch, seq = ids.shape
-    mask = torch.ones(batch, past_len + seq, dtype=torch.int64)
-    positions = torch.arange(past_len, past_len + seq).expand(batch, seq).contiguous()
+    mask = torch.ones(batch, past_len + seq, dtype=torch.int64) if mask is None else mask
+    if positions is None:
+        positions = torch.arange(past_len, past_len + seq).expand(batch, seq).contiguous()
     try:
         out = forward(ids, mask, positions, past)
     except Exception as e:
@@ -231,8 +232,8 @@ def _causal_step(forward: Callable, spec: CausalLMSpec, ids: torch.Tensor, past:
 
 @torch.no_grad()
 def check_causal_lm(forward: Callable, spec: CausalLMSpec, prompt: list[int]) -> None:
-    """Probe the contract on batch 2: prefill of 3 tokens with an empty past, one decode step with its present,
-    and the decode step's logits equal to the last row of a 4-token prefill (the cache is really used)."""
+    """Probe the contract on batch 2: a 3-token prefill (empty past), a decode step on its present equal to a
+    4-token prefill (the cache is used), and a left-padded row equal to the row alone (the mask is used)."""
     tokens = (prompt * 4)[:4]
     ids = torch.tensor([tokens, tokens[::-1]], dtype=torch.int64)
     empty = [(torch.zeros(2, spec.num_kv_heads, 0, spec.head_dim),) * 2 for _ in range(spec.num_layers)]
@@ -245,6 +246,17 @@ def check_causal_lm(forward: Callable, spec: CausalLMSpec, prompt: list[int]) ->
         raise ContractError(f"decoding one token with the past of 3 gives logits {diff:.3g} away from prefilling all "
                             "4 tokens at once; the forward must attend to past's keys/values (concatenated before "
                             "its own) and place the new token at position_ids")
+    empty1 = [(torch.zeros(1, spec.num_kv_heads, 0, spec.head_dim),) * 2 for _ in range(spec.num_layers)]
+    alone, _ = _causal_step(forward, spec, ids[1:, :2], empty1, 0, "prefill of 2 tokens")
+    padded = torch.cat([ids[:1], torch.cat([torch.zeros(1, 2, dtype=torch.int64), ids[1:, :2]], 1)])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    positions = torch.tensor([[0, 1, 2, 3], [0, 0, 0, 1]])
+    batched, _ = _causal_step(forward, spec, padded, empty, 0, "a left-padded batch", mask, positions)
+    diff = float((batched[1, -1] - alone[0, -1]).abs().max())
+    if not diff <= 1e-4 * max(float(alone.abs().max()), 1.0):
+        raise ContractError(f"a row left-padded by 2 (attention_mask [0, 0, 1, 1], position_ids [0, 0, 0, 1]) gives "
+                            f"logits {diff:.3g} away from the row alone; the forward must hide the keys where "
+                            "attention_mask is 0 and take positions from position_ids")
 
 
 @torch.no_grad()
@@ -336,7 +348,8 @@ def check_encoder(module: torch.nn.Module, names: tuple[str, ...], ids: list[int
     """Probe the contract on a padded batch of 2; returns the hidden size."""
     tokens = (ids * 5)[:5]
     feeds = {"input_ids": torch.tensor([tokens, tokens[:3] + [0, 0]]),
-             "attention_mask": torch.tensor([[1] * 5, [1] * 3 + [0] * 2]), "token_type_ids": torch.zeros(2, 5, dtype=torch.int64)}
+             "attention_mask": torch.tensor([[1] * 5, [1] * 3 + [0] * 2]),
+             "token_type_ids": torch.zeros(2, 5, dtype=torch.int64)}
     call = ", ".join(f"{n} (2, 5)" for n in names)
     try:
         out = module(*(feeds[n] for n in names))
@@ -361,7 +374,8 @@ def pooling_config(pooling: str | dict | None) -> dict:
     config = {"mode": pooling} if isinstance(pooling, str) else dict(pooling or {"mode": "mean"})
     config.setdefault("mode", "mean")
     config.setdefault("normalize", False)
-    if config["mode"] not in POOLING_MODES or not isinstance(config["normalize"], bool) or set(config) - {"mode", "normalize"}:
+    if (config["mode"] not in POOLING_MODES or not isinstance(config["normalize"], bool)
+            or set(config) - {"mode", "normalize"}):
         raise EdgetxError(f"pooling {pooling!r}: give one of {', '.join(POOLING_MODES)}, or "
                           "{'mode': 'mean', 'normalize': True}")
     return {**config, "from": "build(pooling=...)" if pooling is not None else "default (mean)"}
@@ -370,7 +384,8 @@ def pooling_config(pooling: str | dict | None) -> dict:
 def _padded(seqs: list[list[int]], types: list[list[int]] | None, pad: int, names: tuple[str, ...], prefix: str
             ) -> dict[str, np.ndarray]:
     width = max(len(s) for s in seqs)
-    arrays = {"input_ids": np.full((len(seqs), width), pad, np.int64), "attention_mask": np.zeros((len(seqs), width), np.int64),
+    arrays = {"input_ids": np.full((len(seqs), width), pad, np.int64),
+              "attention_mask": np.zeros((len(seqs), width), np.int64),
               "token_type_ids": np.zeros((len(seqs), width), np.int64)}
     for row, ids in enumerate(seqs):
         arrays["input_ids"][row, : len(ids)], arrays["attention_mask"][row, : len(ids)] = ids, 1
@@ -468,8 +483,8 @@ def state_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def module_source(module: torch.nn.Module, *, kind: str | None = None, inputs: Inputs | None = None, tokenizer: Any = None,
-                  spec: CausalLMSpec | EncoderSpec | dict | None = None, pooling: str | dict | None = None,
+def module_source(module: torch.nn.Module, *, kind: str | None = None, inputs: Inputs | None = None,
+                  tokenizer: Any = None, spec: CausalLMSpec | EncoderSpec | dict | None = None, pooling: str | dict | None = None,
                   held_out: Inputs | None = None, eos_token_ids: Sequence[int] | None = None,
                   name: str | None = None, source: str | None = None) -> ExportSource:
     """An ExportSource for a plain nn.Module of a registered kind, its contract checked by a probe first."""

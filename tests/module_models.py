@@ -52,7 +52,8 @@ class TinyDecoder(nn.Module):
     def __init__(self, vocab_size: int = VOCAB, dim: int = 32, n_layer: int = 2, n_head: int = 4,
                  n_kv_head: int = 2, block_size: int = 128, cache_repeated: bool = False):
         super().__init__()
-        self.n_layer, self.n_head, self.n_kv_head, self.n_embd, self.block_size = n_layer, n_head, n_kv_head, dim, block_size
+        self.n_layer, self.n_head, self.n_kv_head = n_layer, n_head, n_kv_head
+        self.n_embd, self.block_size = dim, block_size
         self.tok = nn.Embedding(vocab_size, dim)
         self.pos = nn.Embedding(block_size, dim)
         self.blocks = nn.ModuleList(DecoderBlock(dim, n_head, n_kv_head, cache_repeated) for _ in range(n_layer))
@@ -130,3 +131,12 @@ PROMPTS = [[5, 17, 99, 3, 250, 41, 7, 7, 120], [300, 2, 64, 18]]
 def decoder_with_settings():
     """A factory for `edgetx build module_models:decoder_with_settings`: the module and how to build it."""
     return decoder(), {"kind": "causal-lm", "inputs": PROMPTS, "eos_token_ids": [0]}
+
+
+def seen_allow_pickle(allow_pickle: bool = False):
+    """A factory that takes the CLI's --allow-pickle (as one that calls load_weights would)."""
+    return decoder(), {"kind": "causal-lm", "inputs": PROMPTS, "name": f"allow_pickle={allow_pickle}"}
+
+
+def not_a_module():
+    return "a string"

@@ -78,8 +78,8 @@ def test_cli_builds_a_factory_without_tokenizer(tmp_path):
     from edgetx.cli import main
 
     out = tmp_path / "ids"
-    result = CliRunner().invoke(main, ["build", "module_models:decoder_with_settings", "--out", str(out), "--no-optimize",
-                                 "--quantize", "none"], catch_exceptions=False)
+    args = ["build", "module_models:decoder_with_settings", "--out", str(out), "--no-optimize", "--quantize", "none"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     bundle = Bundle.load(out)
     assert bundle.manifest["tokenizer"]["type"] == "ids"
@@ -124,6 +124,11 @@ class ForgetsPast(LogitsOnly):
         return logits, [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(past, present)]
 
 
+class IgnoresMask(LogitsOnly):
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        return self.inner(input_ids, torch.ones_like(attention_mask), position_ids, past)
+
+
 class TupleEncoder(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -144,6 +149,7 @@ class UnmaskedEncoder(TupleEncoder):
     (LogitsOnly(), "causal-lm", "returned Tensor at prefill of 1 token (reading vocab_size off the logits); "
                                 "expected a pair (logits, present)"),
     (ForgetsPast(), "causal-lm", "decoding one token with the past of 3 gives logits"),
+    (IgnoresMask(), "causal-lm", "must hide the keys where attention_mask is 0"),
     (TupleEncoder(), "encoder", "encoder forward returned tuple; expected the last_hidden_state tensor"),
     (UnmaskedEncoder(), "encoder", "must mask the keys where attention_mask is 0"),
 ])
@@ -180,3 +186,19 @@ def test_load_weights_refuses_pickle_unless_allowed(tmp_path):
     assert torch.equal(fresh.head.weight, trained.head.weight)
     save_model(mm.decoder(seed=3), str(tmp_path / "w.safetensors"))
     assert torch.equal(load_weights(fresh, tmp_path / "w.safetensors").head.weight, mm.decoder(seed=3).head.weight)
+
+
+def test_factories_and_tokenizer_forms(tmp_path, text_tokenizer):
+    from edgetx.exporters.module import bundle_tokenizer, load_factory
+
+    module, settings = load_factory("module_models:seen_allow_pickle", allow_pickle=True)
+    assert isinstance(module, mm.TinyDecoder) and settings["name"] == "allow_pickle=True"
+    with pytest.raises(EdgetxError, match="returned str; a factory returns a torch.nn.Module, or \\(module, settings\\)"):
+        load_factory("module_models:not_a_module")
+    text_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    from_path = bundle_tokenizer(tmp_path / "tokenizer.json", eos_token_ids=[0])
+    assert from_path.encode(TEXT) == text_tokenizer.encode(TEXT).ids and from_path.block["eos_token_ids"] == [0]
+    with pytest.raises(EdgetxError, match="no such tokenizer file"):
+        bundle_tokenizer(tmp_path / "missing.json")
+    with pytest.raises(EdgetxError, match="tokenizer must be a tokenizers.Tokenizer, a path to tokenizer.json"):
+        bundle_tokenizer(42)

@@ -17,7 +17,7 @@ from edgetx.errors import EdgetxError
 MODULE_SETTINGS = ("kind", "inputs", "tokenizer", "spec", "pooling", "held_out", "eos_token_ids", "name")
 
 
-def build(model: Any = None, out: str | Path = "dist/edgetx-gpt", *, kind: str | None = None,
+def build(model: Any, out: str | Path, *, kind: str | None = None,
           inputs: Sequence[str] | Sequence[Sequence[int]] | None = None, tokenizer: Any = None,
           spec: Any = None, pooling: str | dict | None = None,
           held_out: Sequence[str] | Sequence[Sequence[int]] | None = None,
