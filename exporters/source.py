@@ -67,20 +67,38 @@ def causal_lm_source(*, name: str, module: torch.nn.Module, forward: CausalLMFor
                         module=module, run_torch=run_torch, quant_data=quant_data if eval_ids else None, **extra)
 
 
-def load_source(path: str | Path | None, *, allow_pickle: bool = False,
-                trust_remote_code: bool = False) -> ExportSource:
-    """Pick the exporter family for `path` (None = the bundled reference checkpoint)."""
-    from edgetx.exporters import edgetx_gpt, hf
+def load_source(model: str | Path | torch.nn.Module | None, *, allow_pickle: bool = False,
+                trust_remote_code: bool = False, **module_settings) -> ExportSource:
+    """Pick the exporter for `model`: None = the bundled reference checkpoint; a folder or file; a
+    `package.module:factory` reference or an nn.Module (`module_settings` as for edgetx.build)."""
+    from edgetx.exporters import edgetx_gpt, hf, module
 
-    if path is None:
+    if isinstance(model, str) and module.is_factory_ref(model):
+        loaded, settings = module.load_factory(model, allow_pickle=allow_pickle)
+        given = {k: v for k, v in module_settings.items() if v is not None}
+        both = sorted(set(given) & set(settings))
+        if both:
+            raise EdgetxError(f"{model} sets {', '.join(both)} itself; do not give {'them' if len(both) > 1 else 'it'} "
+                              "again (e.g. --kind)")
+        settings.update(given)
+        return module.module_source(loaded, source=model, **settings)
+    if isinstance(model, torch.nn.Module):
+        return module.module_source(model, **module_settings)
+    given = sorted(k for k, v in module_settings.items() if v is not None)
+    if given:
+        what = model if model is not None else "the reference checkpoint"
+        raise EdgetxError(f"{', '.join(given)} describe an nn.Module (or a package.module:factory); {what} is a "
+                          "model folder, file or ExportSource, which describes itself")
+    if model is None:
         return edgetx_gpt.load()
-    path = Path(path)
+    path = Path(model)
     if not path.exists():
-        raise EdgetxError(f"{path}: no such model folder or file")
+        raise EdgetxError(f"{path}: no such model folder or file (nor a package.module:factory)")
     if path.is_dir() and edgetx_gpt.is_checkpoint(path):
         return edgetx_gpt.load(path)
     if hf.is_hf_model(path):
         return hf.load(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     raise EdgetxError(f"{path}: not a model edgetx can export; it takes an edgetx checkpoint folder "
                       "(config.json + model.safetensors from `python -m edgetx.models.train`), a Hugging Face "
-                      "model folder (config.json with a model_type, plus safetensors) or a .gguf file")
+                      "model folder (config.json with a model_type, plus safetensors), a .gguf file, or "
+                      "package.module:factory (a function returning your nn.Module)")

@@ -1,7 +1,8 @@
 """Tokenizers the runtime can use, chosen by the manifest's `tokenizer` block.
 
 `bytes`: the reference model's byte vocabulary. `hf`: a `tokenizer.json` that travels in the
-bundle, run by the `tokenizers` library (no transformers at run time).
+bundle, run by the `tokenizers` library (no transformers at run time). `ids`: no tokenizer (a module
+built without one); the bundle takes and gives token ids only.
 """
 
 from __future__ import annotations
@@ -77,6 +78,29 @@ class ByteTokenizer:
             raise InputError(f"byte token ids must be integers in [0, 256), got {list(ids)[:8]!r}") from None
 
 
+class IdsOnly:
+    """A bundle built without a tokenizer: token ids in and out; text needs a tokenizer of the caller's."""
+
+    def __init__(self, spec: dict, vocab_size: int | None):
+        self.vocab_size = vocab_size or 0
+        self.eos_token_ids = frozenset(spec.get("eos_token_ids") or [])
+        self.pad_token_id = spec.get("pad_token_id") or 0
+
+    def _refuse(self, what: str):
+        raise InputError(f"this bundle was built without a tokenizer, so it cannot {what}: give token ids "
+                         "(Generator.tokens(ids), Session.run), pass a tokenizer of your own "
+                         "(Generator(session, tokenizer)), or rebuild with one")
+
+    def encode(self, text: str) -> list[int]:
+        self._refuse("encode text")
+
+    def encode_batch(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+        self._refuse("encode text")
+
+    def decode(self, ids: list[int]) -> str:
+        self._refuse("decode token ids to text")
+
+
 class HFTokenizer:
     """A Hugging Face fast tokenizer from its tokenizer.json."""
 
@@ -120,7 +144,7 @@ class HFTokenizer:
         return _guarded(self.path, "decode", lambda: self._tk.decode(ids, skip_special_tokens=True))
 
 
-def tokenizer_for(bundle: "Bundle") -> ByteTokenizer | HFTokenizer:
+def tokenizer_for(bundle: "Bundle") -> ByteTokenizer | HFTokenizer | IdsOnly:
     """The bundle's tokenizer. Kinds that truncate long texts (encoders, as sentence-transformers does)
     cut them to the model's context; the others never truncate silently."""
     where = f"{bundle.path / 'manifest.json'}: tokenizer"
@@ -128,6 +152,8 @@ def tokenizer_for(bundle: "Bundle") -> ByteTokenizer | HFTokenizer:
     kind = spec.get("type")
     if kind == "bytes":
         return ByteTokenizer()
+    if kind == "ids":
+        return IdsOnly(spec, bundle.model.get("vocab_size"))
     if kind == "hf":
         rel = spec.get("file")
         if rel not in bundle.manifest.files:
@@ -138,7 +164,7 @@ def tokenizer_for(bundle: "Bundle") -> ByteTokenizer | HFTokenizer:
         truncate_to = bundle.model.get("max_positions") if truncates else None
         return HFTokenizer(bundle.file(rel), spec, truncate_to=truncate_to)
     raise BundleError(f"{bundle.path}: manifest tokenizer type {kind!r} is not supported by this edgetx "
-                      "(known: 'bytes', 'hf')")
+                      "(known: 'bytes', 'hf', 'ids')")
 
 
 def apply_chat_template(spec: dict, messages: list[dict[str, str]]) -> str:
