@@ -89,6 +89,9 @@ def test_cli_builds_a_factory_without_tokenizer(tmp_path):
         mm.greedy(mm.decoder(), mm.PROMPTS[0], 12)
     with pytest.raises(InputError, match="built without a tokenizer"):
         generator.generate("some text")
+    result = CliRunner().invoke(main, ["generate", str(out), "-p", "hello"])
+    assert result.exit_code == 1 and "built without a tokenizer" in result.output
+    assert not result.output.startswith("hello")  # nothing is echoed before the error
 
 
 def test_cli_factory_errors_are_one_line(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -49,9 +50,11 @@ def generate(bundle: Path, prompt: str, max_tokens: int, temperature: float, top
     text = apply_chat_template(session.bundle.manifest.tokenizer, [{"role": "user", "content": prompt}]) \
         if chat else prompt
     out = sys.stdout
+    pieces = generator.stream(text, config)
+    first = next(pieces, "")  # a prompt the bundle cannot take fails here, before anything is printed
     if not chat:
         out.write(prompt)
-    for piece in generator.stream(text, config):
+    for piece in itertools.chain([first], pieces):
         out.write(piece)
         out.flush()
     out.write("\n")

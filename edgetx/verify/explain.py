@@ -217,11 +217,13 @@ def explain_bundle(bundle, variant: str = "fp32", against: str | None = None, ba
         except ImportError as e:
             raise EdgetxError(f"comparing with PyTorch needs the export extra ({e}): pip install 'edgetx[export]'; "
                               "or compare two variants/backends with --against") from None
+        from edgetx.exporters.module import is_factory_ref
+
         source = bundle.manifest.provenance.get("source")
-        if not source or not Path(source).exists():
+        if not source or not (is_factory_ref(source) or Path(source).exists()):
             raise EdgetxError(f"the source model {source!r} named in {bundle.path}/manifest.json is not on this "
                               "machine; compare with another variant or backend instead (--against)")
-        loaded = load_source(Path(source))
+        loaded = load_source(source if is_factory_ref(source) else Path(source))
         return explain_torch(loaded.module, lambda: loaded.run_torch(feeds), target, feeds, backend=backend,
                              rel_tol=rel_tol)
     reference = bundle.file(bundle.variant(against).file) if against in bundle.variants else Path(against)
