@@ -1,4 +1,4 @@
-"""Hugging Face model folders and GGUF files, offline: causal-LM decoders and BERT-family encoders.
+"""Hugging Face model folders and GGUF files, offline: causal-LM decoders and encoder-only models (+ heads).
 
 The general path: load with transformers, export the model's own forward with dynamo. A
 decoder's cache goes in and out as flat tensors through a `DynamicCache` filled layer by
