@@ -1,10 +1,11 @@
-"""Encoder export (BERT family): token ids in, hidden states out; pooling runs in the runtime.
+"""Encoder export (encoder-only transformers and their task heads): token ids in, one tensor out.
 
-Inputs  `input_ids`, `attention_mask` and, when the model has them, `token_type_ids` — each
+Inputs  `input_ids`, `attention_mask` and, when the model takes them, `token_type_ids` — each
         (batch, seq) int64;
-outputs `last_hidden_state (batch, seq, hidden)`.
-Pooling (mean / cls, then L2 normalisation when the model's sentence-transformers config asks
-for it) is done by `Session.embed` in numpy, so one graph serves any pooling.
+outputs `last_hidden_state (batch, seq, hidden)` for a bare encoder (pooling, then L2 normalisation
+        when the model's sentence-transformers config asks for it, is done by `Session.embed` in numpy,
+        so one graph serves any pooling), or `logits` for a task head: `(batch, labels)` for sequence
+        classification, `(batch, seq, labels)` for token classification.
 """
 
 from __future__ import annotations
@@ -25,32 +26,39 @@ class EncoderSpec:
     hidden_size: int
     vocab_size: int
     max_positions: int
+    output: str = "last_hidden_state"  # or "logits" (task heads)
+    output_shape: tuple[int | str, ...] = ()  # () = (batch, seq, hidden_size)
 
     def io_signature(self) -> dict:
+        """The manifest's io block: (batch, seq) int64 inputs, the one float32 output."""
         inputs = [{"name": n, "dtype": "int64", "shape": ["batch", "seq"]} for n in self.input_names]
-        outputs = [{"name": "last_hidden_state", "dtype": "float32", "shape": ["batch", "seq", self.hidden_size]}]
-        return {"inputs": inputs, "outputs": outputs}
+        shape = list(self.output_shape) or ["batch", "seq", self.hidden_size]
+        return {"inputs": inputs, "outputs": [{"name": self.output, "dtype": "float32", "shape": shape}]}
 
 
 class _EncoderOutputs(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, input_names: tuple[str, ...]):
+    """The model's forward with positional tensors in and its one named output out."""
+
+    def __init__(self, model: torch.nn.Module, input_names: tuple[str, ...], output: str):
         super().__init__()
-        self.model, self.input_names = model, input_names
+        self.model, self.input_names, self.output = model, input_names, output
 
     def forward(self, *tensors):
-        return self.model(**dict(zip(self.input_names, tensors)), return_dict=True).last_hidden_state
+        return getattr(self.model(**dict(zip(self.input_names, tensors))), self.output)
 
 
 def export_encoder(model: torch.nn.Module, spec: EncoderSpec, out_path: Path, opset: int = 18) -> Path:
-    wrapper = _EncoderOutputs(model, spec.input_names).eval()
+    """Export with dynamic batch and seq; the example batch has one padded row so masks are traced generally."""
+    wrapper = _EncoderOutputs(model, spec.input_names, spec.output).eval()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
-    example = tuple(torch.randint(0, 2 if n != "input_ids" else spec.vocab_size, (2, 8)) for n in spec.input_names)
-    example = tuple(torch.ones_like(t) if n == "attention_mask" else t for n, t in zip(spec.input_names, example))
+    values = {"input_ids": torch.randint(5, spec.vocab_size, (2, 8)), "token_type_ids": torch.zeros(2, 8, dtype=torch.long),
+              "attention_mask": torch.tensor([[1] * 8, [1] * 5 + [0] * 3])}
+    example = tuple(values[n] for n in spec.input_names)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with quiet_export():
         program = torch.onnx.export(wrapper, example, dynamo=True, opset_version=opset,
-                                    input_names=list(spec.input_names), output_names=["last_hidden_state"],
+                                    input_names=list(spec.input_names), output_names=[spec.output],
                                     dynamic_shapes=(tuple({0: batch, 1: seq} for _ in spec.input_names),),
                                     optimize=True, verbose=False)
     program.save(str(out_path), external_data=False)
@@ -59,11 +67,12 @@ def export_encoder(model: torch.nn.Module, spec: EncoderSpec, out_path: Path, op
 
 @torch.no_grad()
 def capture_encoder_golden(model: torch.nn.Module, spec: EncoderSpec, batch: dict[str, np.ndarray],
-                           pooling: dict) -> dict[str, np.ndarray]:
-    """PyTorch's hidden states and pooled embeddings for one padded batch of real sentences."""
+                           pooling: dict | None) -> dict[str, np.ndarray]:
+    """PyTorch's output (and, for a bare encoder, pooled embeddings) for one padded batch of real sentences."""
     feeds = {n: torch.from_numpy(batch[n]) for n in spec.input_names}
-    hidden = model(**feeds, return_dict=True).last_hidden_state.numpy()
+    output = getattr(model(**feeds), spec.output).numpy()
     golden = {f"batch.{n}": batch[n] for n in spec.input_names}
-    golden["batch.last_hidden_state"] = hidden
-    golden["batch.embeddings"] = pool(hidden, batch["attention_mask"], pooling)
+    golden[f"batch.{spec.output}"] = output
+    if pooling is not None:
+        golden["batch.embeddings"] = pool(output, batch["attention_mask"], pooling)
     return golden

@@ -1,4 +1,4 @@
-"""Hugging Face model folders and GGUF files, offline: causal-LM decoders and BERT-family encoders.
+"""Hugging Face model folders and GGUF files, offline: causal-LM decoders and encoder-only models (+ heads).
 
 The general path: load with transformers, export the model's own forward with dynamo. A
 decoder's cache goes in and out as flat tensors through a `DynamicCache` filled layer by
@@ -116,19 +116,18 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
     architecture = (config.architectures or [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, type(config).__name__)])[0]
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModel(f"{path}: {architecture} (model_type {model_type!r}) is an encoder-decoder model; "
-                               "edgetx exports causal-LM decoders and BERT-family encoders")
+                               "edgetx exports causal-LM decoders and encoder-only models")
     tokenizer, tokenizer_files = _load_tokenizer(folder, gguf, trust_remote_code)
     common = dict(source=str(path), source_sha256=_sha256(weights), kwargs=kwargs,
                   trust_remote_code=trust_remote_code, architecture=architecture)
     from edgetx.exporters.hf_decoder import decoder_source
-    from edgetx.exporters.hf_encoder import ENCODER_TYPES, encoder_source
+    from edgetx.exporters.hf_encoder import encoder_source, is_encoder, refusal
 
-    if model_type in ENCODER_TYPES:
+    if is_encoder(config, architecture):
         return encoder_source(folder, config, tokenizer, tokenizer_files, **common)
     if architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
         return decoder_source(folder, config, tokenizer, tokenizer_files, **common)
-    raise UnsupportedModel(f"{path}: {architecture} (model_type {model_type!r}) is neither a causal LM "
-                           f"(…ForCausalLM) nor a BERT-family encoder ({', '.join(sorted(ENCODER_TYPES))})")
+    raise UnsupportedModel(refusal(path, config, architecture))
 
 
 def _load_tokenizer(folder: Path, gguf: str | None, trust_remote_code: bool):

@@ -1,7 +1,15 @@
-"""Hugging Face encoders (BERT family): hidden states out, pooling in the runtime."""
+"""Hugging Face encoder-only models and their task heads: hidden states out (pooling in the runtime), or
+logits of a sequence- or token-classification head.
+
+Which model types are encoders is read from transformers' own registries (`is_encoder`): the type has a
+base model and a masked-LM head, is neither a decoder nor an encoder-decoder, and its forward takes token
+ids and an attention mask. The task comes from the folder's `architectures` (HEADS). The inputs are the
+ones the forward takes and the tokenizer produces; a family's few named adjustments are ADJUSTMENTS.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -13,8 +21,35 @@ from edgetx.exporters.hf import UnsupportedModel, _load_weights, _special_ids
 from edgetx.exporters.source import ExportSource
 from edgetx.exporters.texts import docstring_sentences
 
-ENCODER_TYPES = {"bert"}  # BERT family: BERT, MiniLM (model_type "bert")
 ENCODER_SENTENCES = 32
+# architecture suffix -> (model kind, transformers auto class, graph output)
+HEADS = {"ForSequenceClassification": ("sequence-classification", "AutoModelForSequenceClassification", "logits"),
+         "ForTokenClassification": ("token-classification", "AutoModelForTokenClassification", "logits")}
+BARE = ("encoder", "AutoModel", "last_hidden_state")
+# model_type -> config attributes set before loading, and why (recorded in the bundle's export notes)
+ADJUSTMENTS = {"modernbert": ({"reference_compile": False}, "ModernBERT's torch.compile of its MLP is turned off "
+                              "(reference_compile=False) so torch.export traces plain ops")}
+
+
+def is_encoder(config, architecture: str) -> bool:
+    """Whether transformers' registries call this model type an encoder-only model edgetx can export."""
+    from transformers.models.auto import modeling_auto as auto
+
+    model_type = config.model_type
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
+        return False
+    if architecture.endswith(("ForCausalLM", "LMHeadModel")) or model_type in auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return False
+    return model_type in auto.MODEL_MAPPING_NAMES and model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def task_of(config) -> tuple[str, str, str]:
+    """(model kind, auto class name, output) from the folder's architectures: a head it names, else bare."""
+    for architecture in config.architectures or []:
+        for suffix, task in HEADS.items():
+            if architecture.endswith(suffix):
+                return task
+    return BARE
 
 
 def sentence_transformers_pooling(folder: Path) -> dict:
@@ -38,25 +73,87 @@ def sentence_transformers_pooling(folder: Path) -> dict:
     return pooling
 
 
-def encoder_source(folder, config, tokenizer, tokenizer_files, *, source, source_sha256, kwargs,
-                    trust_remote_code, architecture) -> ExportSource:
-    from transformers import AutoModel
+def _input_names(model, config, tokenizer, architecture: str, folder: Path) -> tuple[str, ...]:
+    """input_ids, attention_mask, and token_type_ids where the forward takes them, the tokenizer makes
+    them and the model has more than one token type (a single type is the forward's default of zeros)."""
+    takes = inspect.signature(model.forward).parameters
+    missing = [n for n in ("input_ids", "attention_mask") if n not in takes]
+    if missing:
+        raise UnsupportedModel(f"{folder}: {architecture}'s forward takes no {' or '.join(missing)}, so padded "
+                               "batches of text cannot be run; edgetx exports encoders of token ids with an "
+                               "attention mask (try a BERT-, RoBERTa- or DeBERTa-family checkpoint)")
+    types = ("token_type_ids" in takes and "token_type_ids" in tokenizer.model_input_names
+             and getattr(config, "type_vocab_size", 2) > 1)
+    return ("input_ids", "attention_mask") + (("token_type_ids",) if types else ())
 
-    config._attn_implementation = "sdpa"
-    model = _load_weights(AutoModel, folder, config=config, dtype=torch.float32, add_pooling_layer=False,
-                          trust_remote_code=trust_remote_code, **kwargs)
-    names = ("input_ids", "attention_mask") + (("token_type_ids",) if "token_type_ids" in tokenizer.model_input_names
-                                                else ())
-    max_positions = min(config.max_position_embeddings, tokenizer.model_max_length or 10**9)
+
+def _max_positions(model, config, tokenizer, folder: Path) -> int:
+    """The longest input: the position table (less RoBERTa-style offsets past the padding id), the
+    tokenizer's limit and sentence-transformers' max_seq_length."""
+    limit = getattr(config, "max_position_embeddings", None) or 10**9
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    offset = getattr(embeddings, "padding_idx", None)  # positions counted from padding_idx + 1
+    if isinstance(offset, int) and hasattr(embeddings, "position_embeddings"):
+        limit -= offset + 1
+    limit = min(limit, tokenizer.model_max_length or 10**9)
     st_config = folder / "sentence_bert_config.json"  # sentence-transformers truncates here
     if st_config.is_file():
-        max_positions = min(max_positions, json.loads(st_config.read_text()).get("max_seq_length") or max_positions)
+        limit = min(limit, json.loads(st_config.read_text()).get("max_seq_length") or limit)
+    return int(limit)
+
+
+def _labels(config, kind: str) -> list[str] | None:
+    """A head's label names by class id (config.id2label), None for a bare encoder."""
+    if kind == BARE[0]:
+        return None
+    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+    return [id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels)]
+
+
+def _load(auto_name: str, folder: Path, config, trust_remote_code: bool, kwargs: dict):
+    """The model in eval mode with sdpa attention; a bare encoder without its pooler where it has one."""
+    import transformers
+    from transformers.models.auto import modeling_auto as auto
+
+    auto_class = getattr(transformers, auto_name)
+    config._attn_implementation = "sdpa"
+    extra = {}
+    base = auto.MODEL_MAPPING_NAMES.get(config.model_type)
+    base_class = getattr(transformers, base, None) if isinstance(base, str) else None
+    if auto_name == BARE[1] and base_class is not None and "add_pooling_layer" in inspect.signature(base_class).parameters:
+        extra["add_pooling_layer"] = False
+    return _load_weights(auto_class, folder, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                         **extra, **kwargs)
+
+
+def encoder_source(folder, config, tokenizer, tokenizer_files, *, source, source_sha256, kwargs,
+                   trust_remote_code, architecture) -> ExportSource:
+    """An ExportSource for an encoder-only model, bare or with a classification head."""
+    kind, auto_name, output = task_of(config)
+    notes = []
+    if config.model_type in ADJUSTMENTS:
+        attributes, why = ADJUSTMENTS[config.model_type]
+        for key, value in attributes.items():
+            setattr(config, key, value)
+        notes.append(why)
+    model = _load(auto_name, folder, config, trust_remote_code, kwargs)
+    architecture = type(model).__name__ if kind != BARE[0] else architecture
+    names = _input_names(model, config, tokenizer, architecture, folder)
+    max_positions = _max_positions(model, config, tokenizer, folder)
+    labels = _labels(config, kind)
+    shape = {"encoder": (), "sequence-classification": ("batch", len(labels or [])),
+             "token-classification": ("batch", "seq", len(labels or []))}[kind]
     spec = EncoderSpec(input_names=names, hidden_size=config.hidden_size, vocab_size=config.vocab_size,
-                       max_positions=max_positions)
-    pooling = sentence_transformers_pooling(folder)
+                       max_positions=max_positions, output=output, output_shape=shape)
+    pooling = sentence_transformers_pooling(folder) if kind == BARE[0] else None
     sentences = docstring_sentences(ENCODER_SENTENCES)
-    batch = {k: np.asarray(v, dtype=np.int64) for k, v in
-             tokenizer(sentences, padding=True, truncation=True, max_length=max_positions).items() if k in names}
+
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token_id = getattr(config, "pad_token_id", None) or 0
+
+    def encode(texts: list[str]) -> dict[str, np.ndarray]:
+        encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_positions)
+        return {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items() if k in names}
 
     def export(path: Path, opset: int) -> None:
         export_encoder(model, spec, path, opset)
@@ -66,21 +163,31 @@ def encoder_source(folder, config, tokenizer, tokenizer_files, *, source, source
         held_out = docstring_sentences(ENCODER_SENTENCES + 104)[ENCODER_SENTENCES + 8:]
         arrays = {}
         for prefix, texts in (("eval", held_out[:64]), ("calib", held_out[64:96])):
-            encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_positions)
-            arrays.update({f"{prefix}.{k}": np.asarray(v, dtype=np.int64) for k, v in encoded.items() if k in names})
+            arrays.update({f"{prefix}.{k}": v for k, v in encode(texts).items()})
         return arrays
 
     def golden():
-        return capture_encoder_golden(model, spec, batch, pooling), {"sentences": sentences}
+        return capture_encoder_golden(model, spec, encode(sentences), pooling), {"sentences": sentences}
+
+    def run_torch(feeds):
+        with torch.no_grad():
+            return model(**{n: torch.tensor(np.array(feeds[n])) for n in names})
 
     tokenizer_block = _special_ids(tokenizer, config)
-    tokenizer_block["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if tokenizer_block["pad_token_id"] is None:  # the mask hides padding; the model's own pad id is safest
+        tokenizer_block["pad_token_id"] = getattr(config, "pad_token_id", None) or 0
+    facts = {"name": Path(source).name, "kind": kind, "architecture": architecture, "model_type": config.model_type,
+             "hidden_size": spec.hidden_size, "vocab_size": spec.vocab_size, "max_positions": max_positions,
+             **({"pooling": pooling} if pooling is not None else {"labels": labels}),
+             "parameters": sum(p.numel() for p in model.parameters())}
     return ExportSource(
-        name=Path(source).name, kind="encoder",
-        model={"name": Path(source).name, "kind": "encoder", "architecture": architecture,
-               "model_type": config.model_type, "hidden_size": spec.hidden_size, "vocab_size": spec.vocab_size,
-               "max_positions": max_positions, "pooling": pooling,
-               "parameters": sum(p.numel() for p in model.parameters())},
-        tokenizer=tokenizer_block, io=spec.io_signature(), export=export, capture_golden=golden, quant_data=quant_data,
-        source=source, source_sha256=source_sha256, extra_files=tokenizer_files, module=model,
-        run_torch=lambda feeds: model(**{n: torch.tensor(np.array(feeds[n])) for n in names}))
+        name=Path(source).name, kind=kind, model=facts, tokenizer=tokenizer_block, io=spec.io_signature(),
+        export=export, capture_golden=golden, quant_data=quant_data, source=source, source_sha256=source_sha256,
+        extra_files=tokenizer_files, module=model, run_torch=run_torch, notes=notes)
+
+
+def refusal(path: Path, config, architecture: str) -> str:
+    """Why a model that is neither a causal LM nor an encoder is refused, in one line."""
+    return (f"{path}: {architecture} (model_type {config.model_type!r}) is neither a causal LM (…ForCausalLM) nor an "
+            "encoder-only model (transformers lists no masked-LM head for it, or its config is a decoder); edgetx "
+            "exports those two, and encoder heads …ForSequenceClassification / …ForTokenClassification")

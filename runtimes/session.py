@@ -201,6 +201,20 @@ class Session:
 
         return embed(self, texts, batch_size)
 
+    def classify(self, texts: list[str], batch_size: int = 32) -> list[dict]:
+        """Per text of a sequence-classification bundle: {text, label, score, scores (every label's probability)}."""
+        require_helper(self.kind, "classify", self.bundle.path)
+        from edgetx.kinds.classifier import classify
+
+        return classify(self, texts, batch_size)
+
+    def tag(self, texts: list[str], batch_size: int = 32) -> list[list[dict]]:
+        """Per text of a token-classification bundle, one {word, start, end, label, score, tokens} per word."""
+        require_helper(self.kind, "tag", self.bundle.path)
+        from edgetx.kinds.classifier import tag
+
+        return tag(self, texts, batch_size)
+
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Validate `feeds` against the manifest, run, and return the outputs by name."""
         result = self.run_timed(feeds, output_names)

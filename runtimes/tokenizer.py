@@ -134,6 +134,17 @@ class HFTokenizer:
             raise InputError(f"a text is longer than {max_length} tokens; load the tokenizer with truncate_to")
         return [e.ids for e in encodings], [e.type_ids for e in encodings]
 
+    def encode_words(self, texts: list[str], max_length: int) -> list[tuple[list[int], list[int], list[int | None],
+                                                                         list[tuple[int, int]]]]:
+        """Per text: token ids, type ids, the word each token belongs to (None = special token) and its
+        character span in the text (for tagging words with token-level labels)."""
+        for text in texts:
+            check_text(text)
+        encodings = _guarded(self.path, "encode", lambda: self._tk.encode_batch(texts, add_special_tokens=True))
+        if any(len(e.ids) > max_length for e in encodings):
+            raise InputError(f"a text is longer than {max_length} tokens; load the tokenizer with truncate_to")
+        return [(e.ids, e.type_ids, e.word_ids, e.offsets) for e in encodings]
+
     def decode(self, ids: list[int]) -> str:
         try:
             ids = [operator.index(i) for i in ids]

@@ -37,6 +37,76 @@ def wordpiece_tokenizer():
                              cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
+def roberta_tokenizer():
+    """A RoBERTa-style byte-level BPE (<s> ... </s>, <pad> = 1) trained on held-out stdlib text."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tk = ByteLevelBPETokenizer()
+    tk.train_from_iterator(_corpus(), vocab_size=VOCAB, special_tokens=specials, show_progress=False)
+    tk._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    return PreTrainedTokenizerFast(tokenizer_object=tk._tokenizer, bos_token="<s>", eos_token="</s>", cls_token="<s>",
+                                   sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+# encoder-only families: model_type -> (tokenizer, config overrides beyond the common tiny sizes)
+ENCODERS = {
+    "bert": ("wordpiece", {}),
+    "roberta": ("roberta", {}),
+    "xlm-roberta": ("roberta", {}),
+    "camembert": ("roberta", {}),
+    "mpnet": ("roberta", {}),
+    "distilbert": ("wordpiece", {"dim": 64, "hidden_dim": 128, "n_layers": 2, "n_heads": 4}),
+    "electra": ("wordpiece", {"embedding_size": 32}),
+    "albert": ("wordpiece", {"embedding_size": 32}),
+    "deberta-v2": ("wordpiece", {"type_vocab_size": 2, "relative_attention": True, "position_buckets": 32,
+                                 "pos_att_type": ["p2c", "c2p"], "max_relative_positions": -1}),
+    "modernbert": ("wordpiece", {"pad_token_id": 0, "cls_token_id": 2, "sep_token_id": 3, "bos_token_id": 2,
+                                 "eos_token_id": 3, "global_attn_every_n_layers": 2, "local_attention": 16}),
+}
+
+
+def tiny_encoder_config(model_type: str):
+    """A random-init-sized config (hidden 64, 2 layers) of an encoder-only model type."""
+    import transformers as tf
+
+    _, overrides = ENCODERS[model_type]
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=256)
+    if model_type == "distilbert":
+        common = dict(vocab_size=VOCAB, max_position_embeddings=256)
+    return tf.AutoConfig.for_model(model_type, **common, **overrides)
+
+
+def save_tiny_encoder(model_type: str, folder: Path, head: str | None = None, labels: tuple[str, ...] = ()) -> Path:
+    """Write a random-init encoder of `model_type` (bare, or with a "sequence" / "token" classification
+    head over `labels`) and its tokenizer to `folder`."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tiny_encoder_config(model_type)
+    if head:
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+    auto = {None: tf.AutoModel, "sequence": tf.AutoModelForSequenceClassification,
+            "token": tf.AutoModelForTokenClassification}[head]
+    model = auto.from_config(config)
+    with torch.no_grad():  # larger head weights: labels decided by clear margins, not float noise
+        for name, param in model.named_parameters():
+            if "classifier" in name and name.endswith("weight"):
+                param.normal_(0, 1.0)
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer = wordpiece_tokenizer() if ENCODERS[model_type][0] == "wordpiece" else roberta_tokenizer()
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def tiny_config(family: str):
     import transformers as tf
 

@@ -1,4 +1,4 @@
-"""The encoder kind (BERT family): token ids in, hidden states out; sentence embeddings pooled in numpy.
+"""The encoder kind (encoder-only transformers: BERT, RoBERTa, DeBERTa, ModernBERT, ...): token ids in, hidden states out; sentence embeddings pooled in numpy.
 
 Golden I/O (captured by edgetx.exporters.encoder): one padded batch of real sentences, `batch.{input}`,
 `batch.last_hidden_state` and `batch.embeddings` (pooled as the model's sentence-transformers config asks).
@@ -48,18 +48,23 @@ def embed(session: Any, texts: list[str], batch_size: int = 32) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros((0, session.model["hidden_size"]), np.float32)
 
 
-def _embed_batch(session: Any, texts: list[str]) -> np.ndarray:
-    tokenizer = session.tokenizer
-    ids, type_ids = tokenizer.encode_batch(texts, session.model["max_positions"])
+def text_feeds(session: Any, ids: list[list[int]], type_ids: list[list[int]]) -> dict[str, np.ndarray]:
+    """Token ids of texts padded into the inputs the session's graph takes (input_ids, attention_mask, ...)."""
     width = max(len(i) for i in ids)
-    batch = {"input_ids": np.full((len(ids), width), tokenizer.pad_token_id, np.int64),
+    batch = {"input_ids": np.full((len(ids), width), session.tokenizer.pad_token_id, np.int64),
              "attention_mask": np.zeros((len(ids), width), np.int64),
              "token_type_ids": np.zeros((len(ids), width), np.int64)}
     for row, (tokens, types) in enumerate(zip(ids, type_ids)):
         batch["input_ids"][row, : len(tokens)] = tokens
         batch["attention_mask"][row, : len(tokens)] = 1
         batch["token_type_ids"][row, : len(types)] = types
-    hidden = session.run({s["name"]: batch[s["name"]] for s in session.inputs}, ["last_hidden_state"])["last_hidden_state"]
+    return {s["name"]: batch[s["name"]] for s in session.inputs}
+
+
+def _embed_batch(session: Any, texts: list[str]) -> np.ndarray:
+    ids, type_ids = session.tokenizer.encode_batch(texts, session.model["max_positions"])
+    batch = text_feeds(session, ids, type_ids)
+    hidden = session.run(batch, ["last_hidden_state"])["last_hidden_state"]
     vectors = pool(hidden, batch["attention_mask"], session.model.get("pooling") or {})
     if not np.isfinite(vectors).all():
         raise BackendError(f"{session.model_path} produced non-finite embeddings (NaN/inf): the variant is damaged "
@@ -169,7 +174,7 @@ class Encoder(ModelKind):
         rows = [(r["variant"], r["backend"], str(r["threads"]), f"{r['file_mb']:.1f}", f"{r['load_ms']:.0f}",
                  str(b["batch"]), str(b["seq"]), f"{b['p50_ms']:.2f} / {b['p90_ms']:.2f} / {b['p99_ms']:.2f}",
                  f"{b['sequences_per_s']:.1f}") for r in results for b in r["batches"]]
-        return [BenchTable("encoder bench", ("variant", "backend", "threads", "MB", "load ms", "batch", "seq",
+        return [BenchTable(f"{self.name} bench", ("variant", "backend", "threads", "MB", "load ms", "batch", "seq",
                                              "p50/p90/p99 ms", "seq/s"), rows)]
 
     # --- the report ------------------------------------------------------------------------------------

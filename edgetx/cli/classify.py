@@ -1,0 +1,90 @@
+"""Running an encoder head: `edgetx classify` (sequence classification) and `edgetx tag` (token classification)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from edgetx.cli.app import main
+from rich.console import Console
+
+from edgetx.cli.render import console  # noqa: F401  (errors and progress go to stderr)
+from edgetx.errors import EdgetxError
+from edgetx.runtimes.backend import REFERENCE_BACKEND
+
+
+def _texts(texts: tuple[str, ...], text_file) -> list[str]:
+    """The texts given as arguments and in --file, one per line."""
+    items = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
+    if not items:
+        raise EdgetxError("no texts given: pass them as arguments or with --file")
+    return items
+
+
+def _options(command):
+    """The options both verbs share."""
+    for option in reversed([
+        click.argument("bundle", type=click.Path(path_type=Path)),
+        click.argument("texts", nargs=-1),
+        click.option("--file", "text_file", type=click.File("r"), help="Read texts from this file, one per line ('-' = stdin)."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of a table."),
+        click.option("--variant", default="fp32", show_default=True),
+        click.option("--backend", default=REFERENCE_BACKEND, show_default=True),
+        click.option("--batch-size", default=32, show_default=True),
+    ]):
+        command = option(command)
+    return command
+
+
+@main.command()
+@_options
+def classify(bundle: Path, texts: tuple[str, ...], text_file, as_json: bool, variant: str, backend: str,
+             batch_size: int) -> None:
+    """Label each text with a sequence-classification BUNDLE (…ForSequenceClassification).
+
+    \b
+    Examples:
+      edgetx classify dist/sst2 "A delightful film." "Two hours I will not get back."
+      edgetx classify dist/sst2 --file reviews.txt --json
+    """
+    from edgetx.runtimes import Session
+
+    results = Session(bundle, variant=variant, backend=backend).classify(_texts(texts, text_file), batch_size)
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    table = Table("text", "label", "score")
+    for r in results:
+        table.add_row(escape(r["text"]), escape(r["label"]), f"{r['score']:.3f}")
+    Console().print(table)  # the answer goes to stdout
+
+
+@main.command()
+@_options
+def tag(bundle: Path, texts: tuple[str, ...], text_file, as_json: bool, variant: str, backend: str,
+        batch_size: int) -> None:
+    """Label each word of each text with a token-classification BUNDLE (…ForTokenClassification, e.g. NER).
+
+    A word takes the label of its first token; --json also lists every token's own label.
+
+    \b
+    Examples:
+      edgetx tag dist/ner "Ada Lovelace worked in London."
+      edgetx tag dist/ner --file sentences.txt --json
+    """
+    from edgetx.runtimes import Session
+
+    items = _texts(texts, text_file)
+    results = Session(bundle, variant=variant, backend=backend).tag(items, batch_size)
+    if as_json:
+        click.echo(json.dumps([{"text": t, "words": words} for t, words in zip(items, results)]))
+        return
+    table = Table("text", "word", "label", "score")
+    for index, words in enumerate(results):
+        for word in words:
+            table.add_row(str(index), escape(word["word"]), escape(word["label"]), f"{word['score']:.3f}")
+    Console().print(table)  # the answer goes to stdout
