@@ -118,4 +118,6 @@ def decoder_source(folder, config, tokenizer, tokenizer_files, *, source, source
                "parameters": sum(p.numel() for p in model.parameters()),
                "tested_family": config.model_type in TESTED_DECODER_TYPES},
         tokenizer=_special_ids(tokenizer, config, generation_config),
-        source=source, source_sha256=source_sha256, extra_files=tokenizer_files, notes=notes)
+        source=source, source_sha256=source_sha256, extra_files=tokenizer_files, notes=notes,
+        export_hint="If this architecture needs an adjustment, add a small named one in exporters/hf_decoder.py "
+                    "(ADJUSTMENTS).")

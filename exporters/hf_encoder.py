@@ -183,7 +183,9 @@ def encoder_source(folder, config, tokenizer, tokenizer_files, *, source, source
     return ExportSource(
         name=Path(source).name, kind=kind, model=facts, tokenizer=tokenizer_block, io=spec.io_signature(),
         export=export, capture_golden=golden, quant_data=quant_data, source=source, source_sha256=source_sha256,
-        extra_files=tokenizer_files, module=model, run_torch=run_torch, notes=notes)
+        extra_files=tokenizer_files, module=model, run_torch=run_torch, notes=notes,
+        export_hint="If this architecture needs an adjustment, add a small named one in exporters/hf_encoder.py "
+                    "(ADJUSTMENTS).")
 
 
 def refusal(path: Path, config, architecture: str) -> str:

@@ -53,6 +53,10 @@ SPEC_NAMES = {
                       "context_length"),
 }
 
+MODULE_EXPORT_HINT = ("torch.export traces the forward: data-dependent Python control flow, .item() and "
+                      "in-place cache writes are what usually break it (see the README's 'Your own nn.Module').")
+
+
 
 def _lookup(field: str, spec: dict, module: torch.nn.Module) -> int | None:
     """The first positive int found for `field` in spec, module.config, then the module's attributes."""
@@ -313,6 +317,7 @@ def _causal_source(module: torch.nn.Module, *, name: str, source: str, digest: s
         notes.append("no end-of-sequence token ids known (eos_token_ids=...): generation stops at its length limit")
     texts = [tokenizer.backend.decode(p) if tokenizer is not None else " ".join(map(str, p)) for p in prompts]
     return causal_lm_source(
+        export_hint=MODULE_EXPORT_HINT,
         name=name, module=module, forward=module.forward, spec=spec, prompts=prompts, prompt_texts=texts,
         eval_ids=eval_ids, calib_ids=calib_ids,
         facts={"architecture": type(module).__name__, "parameters": sum(p.numel() for p in module.parameters())},
@@ -441,6 +446,7 @@ def _encoder_source(module: torch.nn.Module, *, name: str, source: str, digest: 
     texts = list(inputs) if inputs is not None and all(isinstance(i, str) for i in inputs) else \
         [" ".join(map(str, s)) for s in golden_ids] if inputs is not None else sentences[:32]
     return ExportSource(
+        export_hint=MODULE_EXPORT_HINT,
         name=name, kind="encoder",
         model={"name": name, "kind": "encoder", "architecture": type(module).__name__, "hidden_size": hidden,
                "vocab_size": vocab, "max_positions": max_positions, "pooling": pooling,

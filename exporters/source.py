@@ -29,6 +29,8 @@ class ExportSource:
     source_sha256: str
     extra_files: dict[str, Path | bytes] = field(default_factory=dict)  # bundle path -> file to copy, or contents
     notes: list[str] = field(default_factory=list)  # adjustments made for export, recorded in provenance
+    # What to try when export fails (the build's error ends with it).
+    export_hint: str = "If the model needs an adjustment for export, add a small named one to its exporter."
     quant_data: Callable[[], dict[str, np.ndarray]] | None = None  # held-out eval + calibration inputs
     module: torch.nn.Module | None = None  # the PyTorch model, for `verify --explain --against pytorch`
     run_torch: Callable[[dict[str, np.ndarray]], object] | None = None  # graph feeds -> PyTorch forward

@@ -192,6 +192,7 @@ def test_export_failure_names_architecture_and_cause_and_keeps_the_trace(tmp_pat
     assert result.exit_code == 1
     assert "could not export LlamaForCausalLM" in result.stderr
     assert "unsupported operator aten::frobnicate" in result.stderr
+    assert "exporters/hf_decoder.py (ADJUSTMENTS)" in result.stderr  # what to try, from the exporter
     log = tmp_path / "b.export-error.log"
     assert log.is_file() and "Traceback" in log.read_text() and "Traceback" not in result.output
     assert not (tmp_path / "b").exists()

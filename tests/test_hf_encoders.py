@@ -203,3 +203,19 @@ def test_classify_and_tag_help_show_examples():
     for verb in ("classify", "tag"):
         result = CliRunner().invoke(main, [verb, "--help"])
         assert result.exit_code == 0 and f"edgetx {verb} dist/" in result.output and "--json" in result.output
+
+
+def test_an_encoder_export_failure_points_at_the_encoder_adjustments(tmp_path, monkeypatch):
+    from hf_models import save_tiny
+
+    import edgetx.exporters.hf_encoder as encoder_module
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("unsupported operator aten::frobnicate")
+
+    monkeypatch.setattr(encoder_module, "export_encoder", broken_export)
+    folder = save_tiny("bert", tmp_path / "m")
+    result = CliRunner().invoke(main, ["build", str(folder), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "could not export BertModel" in result.stderr
+    assert "exporters/hf_encoder.py (ADJUSTMENTS)" in result.stderr
+    assert not (tmp_path / "b").exists()

@@ -71,8 +71,7 @@ def _export_failed(source, out: str | Path, error: Exception) -> EdgetxError:
     first_line = (str(root).strip().splitlines() or [""])[0]
     architecture = source.model.get("architecture", source.name)
     return EdgetxError(f"torch.onnx could not export {architecture} ({source.kind}): {type(root).__name__}: "
-                       f"{first_line[:300]}\nThe full trace is in {log}. If this architecture needs an "
-                       "adjustment, add a small named one in exporters/hf_decoder.py (ADJUSTMENTS).")
+                       f"{first_line[:300]}\nThe full trace is in {log}. {source.export_hint}")
 
 
 def _optimize_fp32(provisional: Bundle, writer: BundleWriter) -> dict:

@@ -37,7 +37,8 @@ def build(model: str | None, out: Path, force: bool, allow_pickle: bool, kind: s
     """Export MODEL to a verified bundle (default MODEL: the reference checkpoint).
 
     MODEL is an edgetx checkpoint folder, a Hugging Face model folder (config.json +
-    safetensors; Llama/Qwen2/Mistral/GPT-2-style decoders, BERT-family encoders), a .gguf file,
+    safetensors; causal-LM decoders; encoders such as BERT, RoBERTa, DistilBERT,
+    DeBERTa-v2, ModernBERT, with or without a sequence/token classification head), a .gguf file,
     or package.module:factory: your own nn.Module, from a function (imported by name, the current
     folder first on the path) that returns the module, or (module, settings) with settings a dict
     of edgetx.build's keywords (kind, inputs, tokenizer, spec, pooling, held_out, eos_token_ids, name).
