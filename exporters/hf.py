@@ -124,11 +124,32 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
     from edgetx.exporters.hf_encoder import ENCODER_TYPES, encoder_source
 
     if model_type in ENCODER_TYPES:
-        return encoder_source(folder, config, tokenizer, tokenizer_files, **common)
-    if architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
-        return decoder_source(folder, config, tokenizer, tokenizer_files, **common)
+        made = encoder_source(folder, config, tokenizer, tokenizer_files, **common)
+    elif architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
+        made = decoder_source(folder, config, tokenizer, tokenizer_files, **common)
+    else:
+        made = None
+    if made is not None:
+        if gguf:
+            made.model["gguf"] = gguf_types(path)
+        return made
     raise UnsupportedModel(f"{path}: {architecture} (model_type {model_type!r}) is neither a causal LM "
                            f"(…ForCausalLM) nor a BERT-family encoder ({', '.join(sorted(ENCODER_TYPES))})")
+
+
+def gguf_types(path: Path) -> dict:
+    """How a GGUF file stores its tensors: the count per type (`tensor_types`) and that of the layers'
+    weight matrices (`matrix_types`, the `blk.*` 2-D tensors), e.g. {"Q4_K": 96, "Q6_K": 16}."""
+    from gguf import GGUFReader
+
+    tensors = GGUFReader(str(path)).tensors
+    count: dict[str, dict[str, int]] = {"tensor_types": {}, "matrix_types": {}}
+    for tensor in tensors:
+        kind = tensor.tensor_type.name
+        count["tensor_types"][kind] = count["tensor_types"].get(kind, 0) + 1
+        if tensor.name.startswith("blk.") and len(tensor.shape) == 2:
+            count["matrix_types"][kind] = count["matrix_types"].get(kind, 0) + 1
+    return count
 
 
 def _load_tokenizer(folder: Path, gguf: str | None, trust_remote_code: bool):
