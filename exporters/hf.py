@@ -124,10 +124,29 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
     from edgetx.exporters.hf_encoder import encoder_source, is_encoder, refusal
 
     if is_encoder(config, architecture):
-        return encoder_source(folder, config, tokenizer, tokenizer_files, **common)
-    if architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
-        return decoder_source(folder, config, tokenizer, tokenizer_files, **common)
-    raise UnsupportedModel(refusal(path, config, architecture))
+        made = encoder_source(folder, config, tokenizer, tokenizer_files, **common)
+    elif architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
+        made = decoder_source(folder, config, tokenizer, tokenizer_files, **common)
+    else:
+        raise UnsupportedModel(refusal(path, config, architecture))
+    if gguf:
+        made.model["gguf"] = gguf_types(path)
+    return made
+
+
+def gguf_types(path: Path) -> dict:
+    """How a GGUF file stores its tensors: the count per type (`tensor_types`) and that of the layers'
+    weight matrices (`matrix_types`, the `blk.*` 2-D tensors), e.g. {"Q4_K": 96, "Q6_K": 16}."""
+    from gguf import GGUFReader
+
+    tensors = GGUFReader(str(path)).tensors
+    count: dict[str, dict[str, int]] = {"tensor_types": {}, "matrix_types": {}}
+    for tensor in tensors:
+        kind = tensor.tensor_type.name
+        count["tensor_types"][kind] = count["tensor_types"].get(kind, 0) + 1
+        if tensor.name.startswith("blk.") and len(tensor.shape) == 2:
+            count["matrix_types"][kind] = count["matrix_types"].get(kind, 0) + 1
+    return count
 
 
 def _load_tokenizer(folder: Path, gguf: str | None, trust_remote_code: bool):

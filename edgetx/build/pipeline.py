@@ -208,7 +208,7 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
                               + "\n  ".join(lines))
         for report in reports:
             manifest["variants"][report.variant]["parity"] = report.to_dict()
-        schemes = kind.default_schemes if quantize is None else quantize
+        schemes = kind.schemes_for(source.model) if quantize is None else quantize
         if schemes and source.quant_data is not None:
             _quantize_variants(provisional, writer, manifest, source, kind, schemes, stage)
         with stage("write manifest and move the bundle into place"):

@@ -106,6 +106,10 @@ class ModelKind:
 
     # --- the I/O contract -----------------------------------------------------------------------------
 
+    def schemes_for(self, model: dict) -> tuple[str, ...]:
+        """The schemes a build adds by default for a model with these facts (the manifest's model block)."""
+        return self.default_schemes
+
     def io_problem(self, inputs: list[dict], outputs: list[dict]) -> str | None:
         """What in an I/O signature breaks this kind's graph contract, or None."""
         return None

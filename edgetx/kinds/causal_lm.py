@@ -49,9 +49,17 @@ class CausalLM(ModelKind):
     # weight-only gave KL 0.0013 / top-1 97.7%. int4-grid(-a8) apply only to weights de-quantized from a
     # 4-bit GGUF; elsewhere they are recorded as not applicable.
     default_schemes = ("int8-weight-only", "int4", "int4-grid", "int4-grid-a8")
+    # A GGUF whose layers keep weights on 8-bit grids (Q5_0, Q5_1, Q5_K, Q6_K, Q8_0) adds their exact schemes.
+    EIGHT_BIT_GGUF_TYPES = frozenset({"Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"})
     default_fixed_dims = "batch=1,seq=1,past=127"  # one decode step
     score = f"prefill + {DECODE_TOKENS} decode steps, median ms"
     timing_columns = ("prefill_ms", "decode_ms")
+
+    def schemes_for(self, model: dict) -> tuple[str, ...]:
+        matrix_types = set((model.get("gguf") or {}).get("matrix_types", {}))
+        if matrix_types & self.EIGHT_BIT_GGUF_TYPES:
+            return self.default_schemes + ("int8-grid", "int8-grid-a8")
+        return self.default_schemes
 
     def io_problem(self, inputs: list[dict], outputs: list[dict]) -> str | None:
         problem = contract_problem(inputs, outputs)

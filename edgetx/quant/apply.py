@@ -106,7 +106,9 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
         from edgetx.quant.grid import apply_grid
 
         try:
-            apply_grid(src, dst, exclude, accuracy_level=s.options["accuracy_level"])
+            apply_grid(src, dst, exclude, accuracy_level=s.options["accuracy_level"],
+                       bits=tuple(s.options["grids"]) if "grids" in s.options else None,
+                       needs=s.options.get("needs", 4))
         except EdgetxError as e:
             raise NotApplicable(str(e)) from None
     elif s.method == "weight-only":

@@ -17,7 +17,9 @@ All of them are onnxruntime.quantization underneath:
 - `int4-grid`: exact int4 for weights already on a 4-bit block grid (de-quantized GGUF Q4_0/Q4_1),
   see edgetx.quant.grid; not applicable to float-trained weights; `int4-grid-a8` is the same weights
   with int8 activations (MatMulNBits accuracy_level 4, the fast kernels) and the Q8_0 lm_head in
-  exact 8-bit: faster, and the activation rounding is what its gate measures;
+  exact 8-bit: faster, and the activation rounding is what its gate measures; `int8-grid` is exact 8-bit
+  (and 4-bit) for weights on an 8-bit block grid (GGUF Q5_0/Q5_1/Q5_K/Q6_K/Q8_0), accuracy_level 0, and
+  `int8-grid-a8` the same at level 4; not applicable unless some weight sits on an 8-bit grid only;
 - `fp16`: float16 weights and activations, float32 inputs and outputs;
 - `qdq-a8w8`, `qdq-a16w8`: static QDQ for NPUs (Qualcomm's HTP through the QNN EP), made with
   onnxruntime.quantization's QNN configuration (qnn_preprocess_model, then get_qnn_qdq_config:
@@ -80,6 +82,10 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in [
     Scheme("int4-grid", "int4", "grid", {"bits": 4, "block_size": 32, "symmetric": True, "accuracy_level": 0}),
     Scheme("int4-grid-a8", "int4", "grid", {"bits": 4, "block_size": 32, "symmetric": True, "accuracy_level": 4,
                                             "q8_0_weights": "exact 8-bit"}),
+    Scheme("int8-grid", "int8", "grid", {"bits": 8, "block_size": 32, "symmetric": True, "accuracy_level": 0,
+                                         "grids": [4, 8], "needs": 8}),
+    Scheme("int8-grid-a8", "int8", "grid", {"bits": 8, "block_size": 32, "symmetric": True, "accuracy_level": 4,
+                                            "grids": [4, 8], "needs": 8}),
     Scheme("fp16", "fp16", "fp16", {}),
     Scheme("qdq-a8w8", "int8", "qdq", {"activation": "QUInt8", "weight": "QUInt8", "calibration": "MinMax",
                                        "per_channel": False, "target": "qnn"}),
