@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgetx.passes import files
+
 # (input_ids, attention_mask, position_ids, past) -> (logits, present); past/present as
 # a list of (key, value) pairs, one per layer.
 CausalLMForward = Callable[..., tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]]
@@ -133,7 +135,7 @@ def export_causal_lm(
             verbose=False,
         )
     _name_symbolic_dims(program.model, spec)
-    program.save(str(out_path), external_data=False)
+    files.save(program.model, out_path)  # external data beside it above files.EXTERNAL_DATA_BYTES
     return out_path
 
 
