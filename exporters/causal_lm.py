@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from edgetx.passes.gqa_padding import ATTENTION_WINDOWS_KEY
+from edgetx.passes import files
 
 # (input_ids, attention_mask, position_ids, past) -> (logits, present); past/present as
 # a list of (key, value) pairs, one per layer.
@@ -141,7 +142,7 @@ def export_causal_lm(
     _name_symbolic_dims(program.model, spec)
     if spec.attention_windows and any(spec.attention_windows):
         program.model.metadata_props[ATTENTION_WINDOWS_KEY] = json.dumps(list(spec.attention_windows))
-    program.save(str(out_path), external_data=False)
+    files.save(program.model, out_path)  # external data beside it above files.EXTERNAL_DATA_BYTES
     return out_path
 
 

@@ -18,6 +18,7 @@ import torch
 
 from edgetx.exporters.causal_lm import quiet_export
 from edgetx.kinds.encoder import pool
+from edgetx.passes import files
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def export_encoder(model: torch.nn.Module, spec: EncoderSpec, out_path: Path, op
                                     input_names=list(spec.input_names), output_names=[spec.output],
                                     dynamic_shapes=(tuple({0: batch, 1: seq} for _ in spec.input_names),),
                                     optimize=True, verbose=False)
-    program.save(str(out_path), external_data=False)
+    files.save(program.model, out_path)  # external data beside it above files.EXTERNAL_DATA_BYTES
     return out_path
 
 

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgetx import progress
 from edgetx.bundle import Bundle
 from edgetx.errors import EdgetxError, InputError
 from edgetx.runtimes.session import Session
@@ -43,13 +44,20 @@ def to_ort(bundle: Bundle, variants: list[str] | None = None) -> dict:
     required-operators config; record them in the manifest. Returns what was added."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-    names = variants or list(bundle.variants)
+    from edgetx.passes.files import data_file
+
+    names, too_large = _fit_ort(bundle, variants or list(bundle.variants))
+    if not names:
+        bundle.update_manifest("mobile", {**bundle.manifest.mobile, "ort_skipped": too_large})
+        return {"ort": {}, "skipped": too_large}
     with tempfile.TemporaryDirectory(prefix=".edgetx-ort-", dir=bundle.path.parent) as tmp:
         staging, out = Path(tmp) / "onnx", Path(tmp) / "ort"
         for name in names:  # one folder per variant, the ONNX file linked (not copied) where possible
             source = bundle.file(bundle.variant(name).file)
             (staging / name).mkdir(parents=True)
             _link_or_copy(source, staging / name / "model.onnx")
+            if data_file(source).is_file():  # a variant under 2 GB may still keep its weights beside it
+                _link_or_copy(data_file(source), staging / name / data_file(source).name)
         quiet = io.StringIO()
         logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
         try:
@@ -75,9 +83,30 @@ def to_ort(bundle: Bundle, variants: list[str] | None = None) -> dict:
                 manifest["variants"][name].setdefault("formats", {})["ort"] = rel
             mobile = manifest.setdefault("mobile", {})
             mobile.update({"required_operators": REQUIRED_OPERATORS, "ort_optimization_style": "Fixed"})
+            if too_large:
+                mobile["ort_skipped"] = too_large
 
         bundle.add_files(new_files, record)
-    return {"ort": formats, "required_operators": REQUIRED_OPERATORS}
+    return {"ort": formats, "required_operators": REQUIRED_OPERATORS, **({"skipped": too_large} if too_large else {})}
+
+
+ORT_FORMAT_LIMIT = 2**31  # the ORT format is one flatbuffer: offsets are 32-bit, the weights are inside it
+
+
+def _fit_ort(bundle: Bundle, names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The variants that can be written in the ORT format, and a one-line reason for each that cannot."""
+    from edgetx.passes.files import data_file, file_bytes
+
+    fit, skipped = [], {}
+    for name in names:
+        path = bundle.file(bundle.variant(name).file)
+        if data_file(path).is_file() and file_bytes(path) >= ORT_FORMAT_LIMIT - 2**24:
+            skipped[name] = (f"not converted: the ORT format is one flatbuffer limited to 2 GB and this variant's "
+                             f"weights are {file_bytes(path) / 1e9:.1f} GB")
+            progress.log.warning("%s: %s", name, skipped[name])
+        else:
+            fit.append(name)
+    return fit, skipped
 
 
 def _name_sources(config: Path, out: Path, files: dict[str, str]) -> None:
@@ -124,8 +153,13 @@ def usability(model_path: Path) -> dict:
 
 def mobile_report(bundle: Bundle, variants: list[str] | None = None) -> dict[str, dict]:
     """Run the usability check on each (or the named) variant and store it in the manifest."""
+    from edgetx.passes.files import data_file
+
     reports = {}
     for name in variants or list(bundle.variants):
+        if data_file(bundle.file(bundle.variant(name).file)).is_file():
+            reports[name] = {"skipped": "weights in an external data file: NNAPI and CoreML models are limited to 2 GB"}
+            continue
         try:
             reports[name] = usability(bundle.file(bundle.variant(name).file))
         except Exception as e:  # the checker needs shape inference to pass; say so per variant
@@ -169,7 +203,7 @@ def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None =
     """Write `VARIANT/model.fixed.onnx` for each (or the named) variant, check it against the dynamic
     variant on ort-cpu, and record it (format "onnx-fixed" and its dims) in the manifest. `transform`, a
     pass (named `transform_name` in the manifest), is applied to each fixed copy before the check."""
-    from edgetx.passes.files import transform_file
+    from edgetx.passes.files import data_file, transform_file
     from edgetx.passes.fixed_dims import FixDims
     from edgetx.runtimes.backend import SessionOptions, get_backend
     from edgetx.verify.tolerances import tolerance_for
@@ -193,6 +227,8 @@ def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None =
                                   f"({detail}); not added")
             rel = str(Path(variant.file).with_name("model.fixed.onnx").as_posix())
             new_files[rel] = staged
+            if data_file(staged).is_file():  # its own weights, beside it (location model.fixed.onnx.data)
+                new_files[rel + ".data"] = data_file(staged)
             results[name] = {"file": rel, "max_abs_vs_dynamic": diff, "check": detail}
 
         def record(manifest: dict) -> None:

@@ -17,13 +17,15 @@ Nothing is written at the target unless every stage succeeds. Progress goes thro
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import os
+import gc
 import platform
+import resource
 import shutil
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -74,19 +76,60 @@ def _export_failed(source, out: str | Path, error: Exception) -> EdgetxError:
                        f"{first_line[:300]}\nThe full trace is in {log}. {source.export_hint}")
 
 
-def _optimize_fp32(provisional: Bundle, writer: BundleWriter) -> dict:
-    """Select the fp32 graph by measurement and put the winner at fp32/model.onnx."""
-    from edgetx.build.select import select_graph
-    from edgetx.passes.files import save
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class BuildRecord:
+    """Wall time per stage and the process's peak RSS, for the manifest's provenance.build."""
+
+    def __init__(self, stage: StageReporter):
+        self._stage, self.stages, self.started = stage, [], time.perf_counter()
+        self.weight_bytes = 0
+
+    @contextlib.contextmanager
+    def stage(self, title: str) -> Iterator[None]:
+        started = time.perf_counter()
+        with self._stage(title):
+            yield
+        self.stages.append({"stage": title, "seconds": round(time.perf_counter() - started, 1),
+                            "peak_rss_bytes": peak_rss_bytes()})
+
+    def to_dict(self) -> dict:
+        peak = peak_rss_bytes()
+        return {"seconds": round(time.perf_counter() - self.started, 1), "peak_rss_bytes": peak,
+                "fp32_weight_bytes": self.weight_bytes,
+                "peak_rss_vs_fp32_weights": round(peak / self.weight_bytes, 2) if self.weight_bytes else None,
+                "stages": self.stages}
+
+
+def _release_torch(source) -> None:
+    """Drop the PyTorch model once the graph and the golden I/O exist: the rest of the build runs on ONNX
+    files, and a large model must not stay in memory beside its onnxruntime sessions."""
+    source.module = source.run_torch = None
+    source.export = source.capture_golden = None  # their closures hold the model too
+    gc.collect()
+
+
+def _optimize_fp32(provisional: Bundle, writer: BundleWriter, candidates: tuple[str, ...] | None = None) -> dict:
+    """Select the fp32 graph by measurement and put the winner at fp32/model.onnx (with its data file, if
+    any: each candidate is written as its own self-contained pair under candidates/NAME/)."""
+    from edgetx.build.select import CANDIDATES, select_graph
+    from edgetx.passes.files import move, save
 
     def write(name: str, model) -> str:
         rel = f"candidates/{name}/model.onnx"
         save(model, writer.path(rel))
         return rel
 
-    selection = select_graph(provisional, "fp32/model.onnx", write, target=REFERENCE_BACKEND)
+    unknown = sorted(set(candidates or ()) - set(CANDIDATES))
+    if unknown:
+        raise EdgetxError(f"unknown optimization candidates {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
+    chosen = {n: CANDIDATES[n] for n in candidates} if candidates else None
+    selection = select_graph(provisional, "fp32/model.onnx", write, target=REFERENCE_BACKEND, candidates=chosen)
     winner = next(c for c in selection.candidates if c["kept"])
-    os.replace(writer.path(winner["file"]), writer.path("fp32/model.onnx"))
+    move(writer.path(winner["file"]), writer.path("fp32/model.onnx"))
     shutil.rmtree(writer.path("candidates/x").parent, ignore_errors=True)
     for candidate in selection.candidates:
         candidate.pop("file", None)
@@ -134,7 +177,8 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
 
 def build(model: str | Path | Any | None, out: str | Path, *, force: bool = False, allow_pickle: bool = False,
           trust_remote_code: bool = False, optimize: bool = True, quantize: tuple[str, ...] | None = None,
-          formats: tuple[str, ...] = (), stage: StageReporter = progress.stage) -> Bundle:
+          formats: tuple[str, ...] = (), stage: StageReporter = progress.stage,
+          candidates: tuple[str, ...] | None = None) -> Bundle:
     """Build a bundle for `model` at `out`: a model folder or file (None = the reference checkpoint), or an
     `edgetx.exporters.source.ExportSource` made by the caller (any model kind that is registered).
 
@@ -144,12 +188,17 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
     `quantize` names the schemes to add as variants (None = the default for the model kind);
     each is written only if it passes its gate. `formats` ("ort") adds other serializations after the
     bundle is in place, each verified on its backend (a failure leaves the bundle without them).
+    `candidates` names the optimization candidates to try (None = all of edgetx.build.select.CANDIDATES).
+    The manifest's provenance.build records wall time per stage and the process's peak RSS against the
+    fp32 weight bytes.
     """
     _require_export_extra()
     from edgetx.exporters.source import ExportSource, load_source
     from edgetx.verify.parity import measure_fp32_tolerance, verify
-    from edgetx.passes.files import transform_file
+    from edgetx.passes.files import file_bytes, transform_file
 
+    record = BuildRecord(stage)
+    stage = record.stage
     with BundleWriter(out, overwrite=force) as writer:
         with stage("load model"):
             source = model if isinstance(model, ExportSource) else \
@@ -162,9 +211,12 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
             except Exception as e:  # dynamo's errors are long; keep them in a log, say what failed
                 raise _export_failed(source, out, e) from None
             export_seconds = time.perf_counter() - started
+            record.weight_bytes = file_bytes(writer.path("fp32/model.onnx"))
         with stage("capture golden I/O from PyTorch on held-out text"):
             golden, golden_info = source.capture_golden()
             writer.save_arrays("golden.npz", golden)
+        if not isinstance(model, ExportSource):  # we loaded it: nothing else needs the PyTorch model now
+            _release_torch(source)
         for rel, src in source.extra_files.items():
             if isinstance(src, bytes):
                 writer.path(rel).write_bytes(src)
@@ -190,7 +242,7 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
             manifest["variants"]["fp32"]["tolerance"] = measure_fp32_tolerance(provisional).to_dict()
         if optimize:
             with stage("optimize: fuse, verify and time graph candidates on onnxruntime CPU"):
-                manifest["optimization"] = _optimize_fp32(provisional, writer)
+                manifest["optimization"] = _optimize_fp32(provisional, writer, candidates)
         if kind.graph_edits:
             with stage(kind.graph_edits):
                 passes = kind.graph_passes()
@@ -211,6 +263,7 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
         schemes = kind.schemes_for(source.model) if quantize is None else quantize
         if schemes and source.quant_data is not None:
             _quantize_variants(provisional, writer, manifest, source, kind, schemes, stage)
+        manifest["provenance"]["build"] = record.to_dict()  # before the last stage: hashing and renaming
         with stage("write manifest and move the bundle into place"):
             writer.commit(manifest)
     bundle = Bundle.load(out)

@@ -16,7 +16,7 @@ from edgetx.errors import EdgetxError
 from edgetx.kinds import kind_of
 from edgetx import progress
 from edgetx.passes import run
-from edgetx.passes.files import load, transform_file
+from edgetx.passes.files import file_bytes, load, transform_file
 from edgetx.passes.cpu_kernels import CpuKernelRewrites
 from edgetx.passes.gqa_padding import GqaPaddedBatches
 from edgetx.passes.ort_fusions import OrtFusions
@@ -50,9 +50,11 @@ class Selection:
     target: str
     candidates: list[dict]
     score: str  # what a candidate's score_ms measures (the model kind's timing loop)
+    timing: str = "interleaved"  # how candidates were timed (one at a time when their sessions would not fit)
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "winner": self.winner, "score": self.score, "candidates": self.candidates}
+        return {"target": self.target, "winner": self.winner, "score": self.score, "timing": self.timing,
+                "candidates": self.candidates}
 
 
 TIMING_ROUNDS = 3  # candidates are timed in turn, round after round: load that comes and goes hits them all
@@ -74,6 +76,26 @@ def _time_interleaved(sessions: dict, entries: dict[str, dict], golden: dict, ti
         entries[name]["timing_rounds"] = len(runs)
 
 
+SESSION_OVERHEAD = 1.3  # an onnxruntime CPU session holds about this many times its weight bytes
+BUILD_OVERHEAD = 2.0  # building a candidate: the pass's working copy, then its verification session
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _fits(nbytes: float) -> bool:
+    free = available_memory()
+    return free is None or nbytes < free
+
+
 def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, target: str = REFERENCE_BACKEND,
                  candidates: dict[str, list] | None = None, timer: Callable | None = None,
                  threads: int | None = None) -> Selection:
@@ -90,10 +112,26 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
 
     golden = bundle.golden()
     tolerance = bundle.variant("fp32").tolerance
+    candidates = candidates or CANDIDATES
+    weights = file_bytes(bundle.file(fp32_rel))
+    # Interleaved timing keeps every candidate's session open at once: only when they all fit in memory
+    interleave = _fits(len(candidates) * SESSION_OVERHEAD * weights)
+    timing = "interleaved" if interleave else (
+        f"one candidate at a time: {len(candidates)} sessions of {weights / 1e9:.1f} GB of weights would not fit "
+        "in the memory available")
     results, sessions = [], {}
-    for name, passes in (candidates or CANDIDATES).items():
+    entries = {}
+    for name, passes in candidates.items():
         progress.log.debug("graph candidate %s: %s", name, ", ".join(p.name for p in passes) or "as exported")
         entry: dict = {"name": name, "passes": [p.name for p in passes]}
+        entries[name] = entry
+        if not _fits(BUILD_OVERHEAD * weights):
+            free = available_memory() or 0
+            entry.update(kept=False, skipped=f"not built or timed: it needs about {BUILD_OVERHEAD * weights / 1e9:.1f}"
+                         f" GB and {free / 1e9:.1f} GB is available")
+            progress.log.warning("graph candidate %s: %s", name, entry["skipped"])
+            results.append(entry)
+            continue
         try:
             model, log = run(load(bundle.file(fp32_rel)), passes)
         except Exception as e:  # a pass that cannot handle this graph is a rejected candidate, not a crash
@@ -125,9 +163,13 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
             started = time.perf_counter()
             sessions[name] = Session(bundle, variant=name, backend=target, threads=threads)
             entry["load_ms"] = (time.perf_counter() - started) * 1e3
+            if not interleave:  # time it now and let its session (and its weights) go
+                _time_interleaved(sessions, entries, golden, timer)
+                sessions.clear()
         del bundle.manifest["variants"][name]
         results.append(entry)
-    _time_interleaved(sessions, {r["name"]: r for r in results}, golden, timer)
+    if sessions:
+        _time_interleaved(sessions, entries, golden, timer)
     sessions.clear()
     passing = [r for r in results if r.get("parity_passed")]
     if not passing:
@@ -136,4 +178,4 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
     winner = min(passing, key=lambda r: r["score_ms"])
     for r in results:
         r["kept"] = r is winner
-    return Selection(winner["name"], target, results, kind.score)
+    return Selection(winner["name"], target, results, kind.score, timing)

@@ -28,6 +28,14 @@ class OrtOffline(FunctionalGraphPass):
             files.save(model, src)
             options = session_options(ort, graph_optimization=self.level)
             options.optimized_model_filepath = str(dst)
+            external = files.weight_bytes(model) > files.EXTERNAL_DATA_BYTES
+            if external:  # a protobuf cannot hold the optimized weights either
+                options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                                 files.data_file(dst).name)
+                options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                                 "1024")
             ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
-            optimized = files.load(dst)  # a single file: its weights are read into memory here
+            optimized = files.load(dst)
+            if external:  # read before the temporary folder goes (a single file is read whole by load)
+                ir.external_data.load_to_model(optimized)
         return self.done(optimized)

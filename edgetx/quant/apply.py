@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.errors import EdgetxError, InputError
+from edgetx.passes.files import EXTERNAL_DATA_BYTES, file_bytes, move, save_proto
 from edgetx.quant.outliers import OUTLIER_SUFFIX
 from edgetx.quant.schemes import NotApplicable, Scheme, needs_calibration, scheme
 
@@ -77,6 +78,7 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
     for name in ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
         logging.getLogger(name).setLevel(logging.WARNING)  # it logs every node it visits at INFO
     exclude = list(exclude or []) + small_constant_matmuls(src)
+    large = file_bytes(src) > EXTERNAL_DATA_BYTES  # onnxruntime.quantization then writes `<dst>.data` beside dst
     src, dst = str(src), str(dst)
     float_default = {"DefaultTensorType": onnx.TensorProto.FLOAT}  # fused graphs lack some type info
     if s.method == "dynamic":
@@ -89,7 +91,8 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
             src = str(prepare_int8_graph(s, src, Path(tmp) / "prepared.onnx", calibration)[0])
             quantize_dynamic(src, dst, per_channel=o["per_channel"], reduce_range=o["reduce_range"],
                              weight_type=getattr(QuantType, o["weight_type"]), op_types_to_quantize=["MatMul", "Gemm"],
-                             nodes_to_exclude=exclude + small_constant_matmuls(src), extra_options=float_default)
+                             nodes_to_exclude=exclude + small_constant_matmuls(src), extra_options=float_default,
+                             use_external_data_format=large)
     elif s.method == "static":
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -99,7 +102,7 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
                             calibrate_method=getattr(CalibrationMethod, s.options["calibration"]),
-                            extra_options={**float_default, "CalibMovingAverage": False})
+                            extra_options={**float_default, "CalibMovingAverage": False}, use_external_data_format=large)
     elif s.method == "qdq":
         _apply_qdq(s, src, dst, exclude, calibration, inputs or [])
     elif s.method == "grid":
@@ -120,17 +123,17 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
         else:
             algo = nbits.DefaultWeightOnlyQuantConfig(block_size=o["block_size"], is_symmetric=o["symmetric"],
                                                       accuracy_level=o["accuracy_level"], bits=o["bits"])
-        quantizer = nbits.MatMulNBitsQuantizer(onnx.load(src), bits=o["bits"], block_size=o["block_size"],
+        quantizer = nbits.MatMulNBitsQuantizer(src, bits=o["bits"], block_size=o["block_size"],
                                                is_symmetric=o.get("symmetric", False),
                                                accuracy_level=o["accuracy_level"], nodes_to_exclude=exclude,
                                                algo_config=algo)
         quantizer.process()
-        onnx.save(quantizer.model.model, dst)
+        save_proto(quantizer.model.model, dst)
     elif s.method == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(onnx.load(src), keep_io_types=True, node_block_list=exclude)
-        onnx.save(model, dst)
+        save_proto(model, dst)
     else:
         raise EdgetxError(f"scheme {s.name}: unknown method {s.method!r}")
 
@@ -187,12 +190,12 @@ def quantize_file(name: str, src: str | Path, dst: str | Path, exclude: list[str
     if not src.is_file():
         raise InputError(f"{src}: no such file")
     with tempfile.TemporaryDirectory(prefix="edgetx-quant-", dir=dst.parent if dst.parent.exists() else None) as tmp:
-        out = Path(tmp) / "model.onnx"
+        out = Path(tmp) / dst.name  # under its final name: an external data file's location names it
         try:
             apply(s, src, out, exclude=exclude)
         except EdgetxError:
             raise
         except Exception as e:  # onnxruntime.quantization raises plain exceptions on odd graphs
             raise EdgetxError(f"{name} could not quantize {src}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
-        out.replace(dst)
-    return {"scheme": s.to_dict(), "bytes_before": src.stat().st_size, "bytes_after": dst.stat().st_size}
+        move(out, dst)
+    return {"scheme": s.to_dict(), "bytes_before": file_bytes(src), "bytes_after": file_bytes(dst)}

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgetx.errors import EdgetxError
 from edgetx.kinds import ModelKind, get_kind
+from edgetx.passes.files import file_bytes, move
 from edgetx.progress import log
 from edgetx.quant.apply import apply, prepare_int8_graph, weight_matmuls
 from edgetx.quant.schemes import Scheme, needs_calibration
@@ -94,7 +95,9 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | Model
     block (e.g. an encoder's pooling). `out_path` is written only when the gate passes."""
     kind = get_kind(kind, fp32_path) if isinstance(kind, str) else kind
     tolerance = QUANTIZED[s.precision]
-    reference = get_backend(backend).create_session(fp32_path, SessionOptions())
+    # the fp32 session is opened only when first needed: for an uncalibrated scheme after the first quantization,
+    # so a large model's fp32 weights are not held by onnxruntime while the quantizer holds them too
+    reference = get_backend(backend).create_session(fp32_path, SessionOptions()) if needs_calibration(s) else None
     calibration = kind.calibration_feeds(inputs, data, reference=runner(reference), static=s.method == "qdq") \
         if needs_calibration(s) else None
     with tempfile.TemporaryDirectory(prefix="edgetx-quant-", dir=out_path.parent) as tmp:
@@ -115,10 +118,13 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | Model
             except Exception as e:  # onnxruntime.quantization raises plain exceptions
                 raise EdgetxError(f"scheme {s.name} failed on {fp32_path.name}: {type(e).__name__}: "
                                   f"{str(e).splitlines()[0][:300]}") from None
+            if reference is None:
+                reference = get_backend(backend).create_session(fp32_path, SessionOptions())
             candidate = get_backend(backend).create_session(trial, SessionOptions())
             result = evaluate(kind, inputs, reference, candidate, data, facts)
+            del candidate
             missed = kind.gate_misses(result, tolerance)
-            steps.append({"kept_fp32": len(keep), "bytes": trial.stat().st_size, **result, "missed_by": missed})
+            steps.append({"kept_fp32": len(keep), "bytes": file_bytes(trial), **result, "missed_by": missed})
             if not missed or len(keep) >= len(nodes) or not mixed_precision:
                 break
             cap = int(MAX_KEPT_FRACTION * len(nodes))  # doubling stops at the cap, which is tried once
@@ -142,7 +148,7 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | Model
         if not missed and nodes and len(keep) >= len(nodes):
             missed = ["the gate holds only with every node in fp32: nothing left to quantize"]
         variant = GatedVariant(s, not missed, result, missed, keep if not missed else [], len(nodes),
-                               trial.stat().st_size, steps, rewrites)
+                               file_bytes(trial), steps, rewrites)
         if variant.passed:
-            trial.replace(out_path)
+            move(trial, out_path)  # with its data file, if it has one (both are named model.onnx*)
     return variant
