@@ -123,10 +123,14 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
     from edgetx.exporters.hf_decoder import decoder_source
     from edgetx.exporters.hf_encoder import ENCODER_TYPES, encoder_source
 
+    causal_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    causal = architecture.endswith(("ForCausalLM", "LMHeadModel")) or architecture in (
+        causal_class if isinstance(causal_class, (tuple, list)) else (causal_class,))
+    # an encoder family's ...LMHeadModel is a decoder when its config says so (is_decoder: causal self-attention)
+    if causal and (model_type not in ENCODER_TYPES or getattr(config, "is_decoder", False)):
+        return decoder_source(folder, config, tokenizer, tokenizer_files, **common)
     if model_type in ENCODER_TYPES:
         return encoder_source(folder, config, tokenizer, tokenizer_files, **common)
-    if architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
-        return decoder_source(folder, config, tokenizer, tokenizer_files, **common)
     raise UnsupportedModel(f"{path}: {architecture} (model_type {model_type!r}) is neither a causal LM "
                            f"(…ForCausalLM) nor a BERT-family encoder ({', '.join(sorted(ENCODER_TYPES))})")
 
