@@ -50,8 +50,9 @@ RECIPES = {"default": {}, "fast": {"quantize": (), "optimize": False}, "fp32": {
 # style, encoders and heads. Only cells that pass belong here; the rest are in the full sweep's table.
 SUBSET = {
     "causal-lm": ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "gpt2",
-                  "gpt_neox", "gptj", "falcon", "stablelm", "olmo", "olmo2", "cohere", "granite", "starcoder2",
-                  "opt", "bloom", "mixtral", "qwen2_moe", "smollm3", "glm"],
+                  "gpt_neox", "stablelm", "olmo", "olmo2", "cohere", "cohere2", "granite", "starcoder2", "opt",
+                  "bloom", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "glm", "gpt_bigcode", "nemotron",
+                  "persimmon", "exaone", "roberta", "bert"],  # roberta/bert: their LM heads as causal decoders
     "encoder": ["bert"],
     "seq-cls": ["bert"],
     "token-cls": ["bert"],
@@ -240,7 +241,7 @@ def _spawn(model_type: str, task: str, recipe: str, timeout: float, folder: Path
     target = folder / task / f"{model_type}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"coverage-{model_type}-") as work:
-        command = ["nice", "-n", "10", sys.executable, str(Path(__file__).resolve()), "--cell", model_type, task,
+        command = ["nice", "-n", "5", sys.executable, str(Path(__file__).resolve()), "--cell", model_type, task,
                    "--recipe", recipe, "--work", work, "--result", str(target)]
         started = time.perf_counter()
         try:
