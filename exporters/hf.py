@@ -123,9 +123,13 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
     from edgetx.exporters.hf_decoder import decoder_source
     from edgetx.exporters.hf_encoder import encoder_source, is_encoder, refusal
 
+    causal_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    # a model type's own causal-LM class (BertGenerationDecoder, ...) is a decoder too
+    causal = architecture.endswith(("ForCausalLM", "LMHeadModel")) or architecture in (
+        causal_class if isinstance(causal_class, (tuple, list)) else (causal_class,))
     if is_encoder(config, architecture):
         made = encoder_source(folder, config, tokenizer, tokenizer_files, **common)
-    elif architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
+    elif causal:
         made = decoder_source(folder, config, tokenizer, tokenizer_files, **common)
     else:
         raise UnsupportedModel(refusal(path, config, architecture))

@@ -256,8 +256,9 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
         if failed:
             lines = [f"{r.variant}: {c.name} failed (max |diff| {c.max_abs:.3g}, {c.detail})"
                      for r in failed for c in r.checks if not c.passed]
+            notes = [f"export note: {note}" for note in source.notes]  # often the why (e.g. positions)
             raise EdgetxError("the exported graph does not reproduce PyTorch, so no bundle was written:\n  "
-                              + "\n  ".join(lines))
+                              + "\n  ".join(lines + notes))
         for report in reports:
             manifest["variants"][report.variant]["parity"] = report.to_dict()
         schemes = kind.schemes_for(source.model) if quantize is None else quantize
