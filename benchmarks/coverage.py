@@ -102,7 +102,9 @@ def _tokenizer(kind: str):
     import hf_models
     from transformers import AutoTokenizer
 
-    folder = CACHE / f"tokenizer-{kind}"
+    import transformers
+
+    folder = CACHE / f"tokenizer-{kind}-tf{transformers.__version__.split('.')[0]}"  # 4.x cannot read 5's folders
     if not (folder / "tokenizer.json").is_file():
         tokenizer = hf_models.byte_level_tokenizer() if kind == "bpe" else hf_models.wordpiece_tokenizer()
         tokenizer.save_pretrained(folder)
