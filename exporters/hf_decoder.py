@@ -24,7 +24,7 @@ def _attention_soft_capping(config) -> str | None:
     if getattr(config.get_text_config(decoder=True), "attn_logit_softcapping", None) or \
             getattr(config, "attn_logit_softcapping", None):
         config._attn_implementation = "eager"
-        return f"attention logit soft-capping: exported with eager attention"
+        return "attention logit soft-capping: exported with eager attention"
     return None
 
 
