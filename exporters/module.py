@@ -11,13 +11,9 @@ Contracts (the README's "Your own nn.Module" section):
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
-import re
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from dataclasses import fields, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,13 +23,14 @@ import torch
 from edgetx.errors import EdgetxError
 from edgetx.exporters.causal_lm import CausalLMSpec
 from edgetx.exporters.encoder import EncoderSpec, capture_encoder_golden, export_encoder
+# the factory and tokenizer helpers live beside this file; their names stay importable from here
+from edgetx.exporters.module_factory import SETTINGS, is_factory_ref, load_factory, load_weights  # noqa: F401
+from edgetx.exporters.module_tokenizer import (BundleTokenizer, Inputs, bundle_tokenizer, token_ids, tokenizer_block,
+                                               tokenizer_files)
 from edgetx.exporters.source import GOLDEN_DECODE_STEPS, ExportSource, causal_lm_source
 from edgetx.exporters.texts import docstring_sentences
 from edgetx.kinds import known_kinds
 from edgetx.kinds.encoder import POOLING_MODES
-
-Inputs = Sequence[str] | Sequence[Sequence[int]]  # texts (with a tokenizer) or token ids
-
 
 class ContractError(EdgetxError):
     """The module's forward does not follow its kind's contract; the message names the part that is wrong."""
@@ -97,92 +94,6 @@ def causal_lm_spec(module: torch.nn.Module, spec: CausalLMSpec | dict | None, vo
         if value is None:
             raise _missing(field, "causal-lm")
     return CausalLMSpec(**values)
-
-
-# --- the tokenizer -------------------------------------------------------------------------------------------
-
-@dataclass
-class BundleTokenizer:
-    """A tokenizer as the bundle carries it: a `tokenizers.Tokenizer`, its manifest block and its file."""
-
-    backend: Any  # tokenizers.Tokenizer (padding and truncation off, as the runtime runs it)
-    block: dict
-    json: bytes
-
-    def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text).ids
-
-    def encode_batch(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[list[int]]]:
-        """Ids and type ids, cut to `max_length` tokens as the encoder runtime cuts them."""
-        self.backend.enable_truncation(max_length=max_length)
-        try:
-            encodings = self.backend.encode_batch(texts)
-        finally:
-            self.backend.no_truncation()
-        return [e.ids for e in encodings], [e.type_ids for e in encodings]
-
-
-def bundle_tokenizer(tokenizer: Any, eos_token_ids: Sequence[int] | None = None) -> BundleTokenizer | None:
-    """A `tokenizers.Tokenizer`, a path to tokenizer.json (or its folder), or a transformers fast tokenizer;
-    None stays None (the bundle then takes token ids only)."""
-    if tokenizer is None:
-        return None
-    from tokenizers import Tokenizer
-
-    special: dict = {}
-    if isinstance(tokenizer, (str, Path)):
-        path = Path(tokenizer)
-        path = path / "tokenizer.json" if path.is_dir() else path
-        if not path.is_file():
-            raise EdgetxError(f"{path}: no such tokenizer file; give the path of a tokenizer.json")
-        try:
-            backend = Tokenizer.from_file(str(path))
-        except Exception as e:  # the tokenizers library raises its own exception type
-            raise EdgetxError(f"{path}: not a tokenizer.json the tokenizers library can read ({e})") from None
-    elif isinstance(tokenizer, Tokenizer):
-        backend = tokenizer
-    elif hasattr(tokenizer, "is_fast"):  # a transformers tokenizer
-        if not tokenizer.is_fast:
-            raise EdgetxError(f"{type(tokenizer).__name__} is a slow (Python) tokenizer; edgetx's runtime needs a "
-                              "fast one (tokenizer.json): load it with AutoTokenizer.from_pretrained(..., "
-                              "use_fast=True)")
-        backend = tokenizer.backend_tokenizer
-        eos = tokenizer.eos_token_id
-        template = getattr(tokenizer, "chat_template", None)
-        special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
-                   "pad_token_id": tokenizer.pad_token_id, "eos_token_ids": [eos] if isinstance(eos, int) else [],
-                   "chat_template": template if isinstance(template, str) else None}
-    else:
-        raise EdgetxError(f"tokenizer must be a tokenizers.Tokenizer, a path to tokenizer.json or a transformers "
-                          f"fast tokenizer, not {type(tokenizer).__name__}")
-    text = backend.to_str()
-    backend = Tokenizer.from_str(text)
-    backend.no_padding()
-    backend.no_truncation()
-    pad = special.get("pad_token_id")
-    if pad is None:
-        pad = next((i for t in ("[PAD]", "<pad>", "<|pad|>") if (i := backend.token_to_id(t)) is not None), 0)
-    block = {"type": "hf", "file": "tokenizer/tokenizer.json", "bos_token": None, "eos_token": None,
-             "chat_template": None, **special, "pad_token_id": pad,
-             "eos_token_ids": sorted(set(special.get("eos_token_ids", []) if eos_token_ids is None else eos_token_ids))}
-    return BundleTokenizer(backend, block, text.encode("utf-8"))
-
-
-def _ids(items: Inputs, tokenizer: BundleTokenizer | None, what: str) -> list[list[int]]:
-    """Token ids of `items`: texts go through the tokenizer, id lists are taken as they are."""
-    out = []
-    for item in items:
-        if isinstance(item, str):
-            if tokenizer is None:
-                raise EdgetxError(f"{what} holds text ({item[:40]!r}) but no tokenizer was given: pass tokenizer=... "
-                                  "or give token ids (lists of ints)")
-            out.append(tokenizer.encode(item))
-        else:
-            ids = [int(t) for t in item]
-            if not ids:
-                raise EdgetxError(f"{what}: an entry is empty; every prompt needs at least one token")
-            out.append(ids)
-    return out
 
 
 # --- causal-lm -----------------------------------------------------------------------------------------------
@@ -281,7 +192,7 @@ def _causal_source(module: torch.nn.Module, *, name: str, source: str, digest: s
         raise EdgetxError("without a tokenizer, give the golden prompts as token ids: inputs=[[...], [...]] "
                           "(at least 2, so that a padded batch is checked too)")
     sentences = docstring_sentences(120) if tokenizer is not None else []
-    prompts = _ids(inputs if inputs is not None else [" ".join(sentences[:5]), sentences[8]], tokenizer, "inputs")
+    prompts = token_ids(inputs if inputs is not None else [" ".join(sentences[:5]), sentences[8]], tokenizer, "inputs")
     if len(prompts) < 2:
         raise EdgetxError("give at least 2 golden prompts: parity checks a left-padded batch of them as well")
     probe_vocab = None
@@ -302,7 +213,7 @@ def _causal_source(module: torch.nn.Module, *, name: str, source: str, digest: s
     check_causal_lm(module.forward, spec, prompts[0])
 
     if held_out is not None:
-        seqs = _ids(held_out, tokenizer, "held_out")
+        seqs = token_ids(held_out, tokenizer, "held_out")
         eval_ids, calib_ids = seqs[: max(1, len(seqs) // 2)], seqs[max(1, len(seqs) // 2):] or seqs[:1]
     elif tokenizer is not None:  # held-out docstring prose, none of it in the default golden prompts
         eval_ids = [tokenizer.encode(" ".join(sentences[i: i + 10])) for i in range(40, 80, 10)]
@@ -312,7 +223,7 @@ def _causal_source(module: torch.nn.Module, *, name: str, source: str, digest: s
         notes.append("no held-out data (held_out=...): no quantized variants")
     eval_ids = [s[: min(256, spec.max_positions - 1)] for s in eval_ids]
     calib_ids = [s[: min(128, spec.max_positions - 1)] for s in calib_ids]
-    block = _tokenizer_block(tokenizer, notes, eos_token_ids)
+    block = tokenizer_block(tokenizer, notes, eos_token_ids)
     if not block["eos_token_ids"]:
         notes.append("no end-of-sequence token ids known (eos_token_ids=...): generation stops at its length limit")
     texts = [tokenizer.backend.decode(p) if tokenizer is not None else " ".join(map(str, p)) for p in prompts]
@@ -322,7 +233,7 @@ def _causal_source(module: torch.nn.Module, *, name: str, source: str, digest: s
         eval_ids=eval_ids, calib_ids=calib_ids,
         facts={"architecture": type(module).__name__, "parameters": sum(p.numel() for p in module.parameters())},
         tokenizer=block, source=source, source_sha256=digest,
-        extra_files=_tokenizer_files(tokenizer), notes=notes)
+        extra_files=tokenizer_files(tokenizer), notes=notes)
 
 
 # --- encoder -------------------------------------------------------------------------------------------------
@@ -413,7 +324,7 @@ def _encoder_source(module: torch.nn.Module, *, name: str, source: str, digest: 
     def encode(items: Inputs, what: str) -> tuple[list[list[int]], list[list[int]] | None]:
         if tokenizer is not None and all(isinstance(i, str) for i in items):
             return tokenizer.encode_batch(list(items), max_positions)
-        return [s[:max_positions] for s in _ids(items, tokenizer, what)], None
+        return [s[:max_positions] for s in token_ids(items, tokenizer, what)], None
 
     if inputs is None and tokenizer is None:
         raise EdgetxError("without a tokenizer, give the golden sentences as token ids: inputs=[[...], [...], ...]")
@@ -451,33 +362,18 @@ def _encoder_source(module: torch.nn.Module, *, name: str, source: str, digest: 
         model={"name": name, "kind": "encoder", "architecture": type(module).__name__, "hidden_size": hidden,
                "vocab_size": vocab, "max_positions": max_positions, "pooling": pooling,
                "parameters": sum(p.numel() for p in module.parameters())},
-        tokenizer=_tokenizer_block(tokenizer, notes, eos_token_ids), io=spec.io_signature(),
+        tokenizer=tokenizer_block(tokenizer, notes, eos_token_ids), io=spec.io_signature(),
         export=lambda path, opset: export_encoder(wrapped, spec, path, opset),
         capture_golden=lambda: (capture_encoder_golden(wrapped, spec, batch, pooling), {"sentences": texts}),
-        quant_data=quant_data, source=source, source_sha256=digest, extra_files=_tokenizer_files(tokenizer),
+        quant_data=quant_data, source=source, source_sha256=digest, extra_files=tokenizer_files(tokenizer),
         notes=notes, module=module,
         run_torch=lambda feeds: module(*(torch.tensor(np.array(feeds[n])) for n in names)))
 
 
 # --- one entry for every kind --------------------------------------------------------------------------------
 
-def _tokenizer_block(tokenizer: BundleTokenizer | None, notes: list[str],
-                     eos_token_ids: Sequence[int] | None = None) -> dict:
-    if tokenizer is None:
-        notes.append("no tokenizer: the bundle takes and gives token ids only")
-        return {"type": "ids", "eos_token_ids": sorted(set(eos_token_ids or [])), "pad_token_id": 0}
-    return tokenizer.block
-
-
-def _tokenizer_files(tokenizer: BundleTokenizer | None) -> dict[str, bytes]:
-    return {"tokenizer/tokenizer.json": tokenizer.json} if tokenizer is not None else {}
-
-
 # kind name -> (module, settings) -> ExportSource. A kind without an entry here cannot come in as an nn.Module.
 MODULE_EXPORTERS: dict[str, Callable[..., ExportSource]] = {"causal-lm": _causal_source, "encoder": _encoder_source}
-
-SETTINGS = ("kind", "inputs", "tokenizer", "spec", "pooling", "held_out", "eos_token_ids", "name")
-
 
 def state_sha256(module: torch.nn.Module) -> str:
     """sha256 over the module's state dict (names, dtypes, shapes and values), in order."""
@@ -513,72 +409,3 @@ def module_source(module: torch.nn.Module, *, kind: str | None = None, inputs: I
         spec=spec, pooling=pooling, held_out=held_out, eos_token_ids=eos_token_ids, notes=notes)
 
 
-# --- the CLI's package.module:factory -----------------------------------------------------------------------
-
-FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-
-
-def is_factory_ref(text: str) -> bool:
-    """`package.module:factory` (and no file or folder of that name)."""
-    return bool(FACTORY.match(text)) and not Path(text).exists()
-
-
-def load_factory(ref: str, *, allow_pickle: bool = False) -> tuple[torch.nn.Module, dict]:
-    """Import `package.module` by name (the current folder first on sys.path) and call its `factory`.
-
-    The factory returns the module, or `(module, settings)` with settings a dict of `edgetx.build`'s
-    keywords (kind, inputs, tokenizer, spec, pooling, held_out, eos_token_ids, name). A factory with an
-    `allow_pickle` parameter is passed the flag (for `load_weights`).
-    """
-    module_name, _, attribute = ref.partition(":")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        package = importlib.import_module(module_name)
-    except ImportError as e:
-        raise EdgetxError(f"{ref}: cannot import {module_name} ({e}); run from the folder that holds it or put it "
-                          "on PYTHONPATH") from None
-    factory: Any = package
-    for part in attribute.split("."):
-        factory = getattr(factory, part, None)
-    if not callable(factory):
-        raise EdgetxError(f"{ref}: {module_name} has no callable {attribute}")
-    try:
-        takes_flag = "allow_pickle" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        takes_flag = False
-    result = factory(allow_pickle=allow_pickle) if takes_flag else factory()
-    module, settings = result if isinstance(result, tuple) and len(result) == 2 else (result, {})
-    if not isinstance(module, torch.nn.Module) or not isinstance(settings, dict):
-        raise EdgetxError(f"{ref} returned {type(result).__name__}; a factory returns a torch.nn.Module, or "
-                          "(module, settings) with settings a dict of edgetx.build keywords")
-    unknown = sorted(set(settings) - set(SETTINGS))
-    if unknown:
-        raise EdgetxError(f"{ref}: unknown settings {', '.join(unknown)} (known: {', '.join(SETTINGS)})")
-    return module, settings
-
-
-def load_weights(module: torch.nn.Module, path: str | Path, *, allow_pickle: bool = False) -> torch.nn.Module:
-    """Load a state dict into `module`: safetensors always; a pickle (.pt, .pth, .bin) only with allow_pickle,
-    then with torch.load(weights_only=True). Missing or unexpected keys are an error naming them."""
-    path = Path(path)
-    if not path.is_file():
-        raise EdgetxError(f"{path}: no such weights file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    elif not allow_pickle:
-        raise EdgetxError(f"{path} is a pickle file, which can run code when loaded; convert it to safetensors, or "
-                          "pass --allow-pickle (allow_pickle=True) if you trust it (then weights_only=True)")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise EdgetxError(f"{path}: torch.load(weights_only=True) refused it ({type(e).__name__}: "
-                              f"{str(e)[:200]}); a pickle that runs code is refused even with --allow-pickle") from None
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise EdgetxError(f"{path} does not fit {type(module).__name__}: missing {result.missing_keys[:5]}, "
-                          f"unexpected {result.unexpected_keys[:5]}")
-    return module
