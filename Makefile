@@ -88,8 +88,10 @@ big-models: $(STAMP)
 # Coverage sweep (benchmarks/coverage.py): every model type of transformers' causal-LM, encoder and head
 # registries as a tiny random-init model, built with edgetx's defaults (RECIPE=fast: fp32 only, no fused
 # candidates). Resumable: cells with a result in benchmarks/results/coverage-cells/ are skipped. Hours on 2 cores.
-coverage: $(STAMP)
-	nice $(BIN)/python benchmarks/coverage.py --recipe $(or $(RECIPE),default) -j $(or $(JOBS),1) $(COVERAGE_ARGS)
+# TF=5 runs it on the transformers 5 venv (.cache/venv-tf5) instead of .venv (4.57).
+COVERAGE_VENV := $(if $(filter 5,$(TF)),$(TF5_VENV),$(VENV))
+coverage: $(if $(filter 5,$(TF)),$(TF5_STAMP),$(STAMP))
+	nice $(COVERAGE_VENV)/bin/python benchmarks/coverage.py --recipe $(or $(RECIPE),default) -j $(or $(JOBS),1) $(COVERAGE_ARGS)
 
 # Reliability beyond CI size (benchmarks/reliability.py): each prints its figures and fails on a crash.
 fuzz-long: $(STAMP)
