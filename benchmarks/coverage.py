@@ -193,7 +193,14 @@ def _shrink(config_class, tokenizer, overrides: dict, depth: int = 0):
     per_layer = _per_layer_config(probe, kwargs, representatives)
     if per_layer:
         kwargs["per_layer_config"] = per_layer
-    config = config_class(**kwargs)
+    try:
+        config = config_class(**kwargs)
+    except Exception as error:  # families without grouped key/value heads say so in their config's checks
+        heads = kwargs.get("num_attention_heads")
+        if "num_key_value_heads" not in str(error) or kwargs.get("num_key_value_heads") in (None, heads) or \
+                "num_key_value_heads" in overrides:
+            raise
+        config = config_class(**{**kwargs, "num_key_value_heads": heads})
     for name in ("layer_types", "mlp_layer_types"):  # configs that derive them in __init__ from other settings
         types, full = _get(config, name), _get(probe, name)
         if isinstance(types, list) and isinstance(full, list) and layers and _settable(config_class, name) and (
