@@ -8,7 +8,7 @@ MODELS_STAMP := $(VENV)/.model-packages-stamp
 # an editable install of the same checkout. `make test` runs TESTS_ON_BOTH_MAJORS in it too.
 TF5_VENV  := .cache/venv-tf5
 TF5_STAMP := $(TF5_VENV)/.installed-stamp
-TESTS_ON_BOTH_MAJORS := tests/test_hf.py tests/test_sliding_window.py tests/test_hf_encoders.py
+TESTS_ON_BOTH_MAJORS := tests/test_hf.py tests/test_sliding_window.py tests/test_hf_encoders.py tests/test_coverage.py
 # GGUF on 5.x: loading and the grid of every type, and one 4-bit and one 8-bit build (all nine build on 4.57)
 TESTS_FAST_ON_TF5 := tests/test_gguf_types.py
 WHEELS := .cache/wheels
@@ -91,8 +91,10 @@ big-models: $(STAMP)
 # Coverage sweep (benchmarks/coverage.py): every model type of transformers' causal-LM, encoder and head
 # registries as a tiny random-init model, built with edgetx's defaults (RECIPE=fast: fp32 only, no fused
 # candidates). Resumable: cells with a result in benchmarks/results/coverage-cells/ are skipped. Hours on 2 cores.
-coverage: $(STAMP)
-	nice $(BIN)/python benchmarks/coverage.py --recipe $(or $(RECIPE),default) -j $(or $(JOBS),1) $(COVERAGE_ARGS)
+# TF=5 runs it on the transformers 5 venv (.cache/venv-tf5) instead of .venv (4.57).
+COVERAGE_VENV := $(if $(filter 5,$(TF)),$(TF5_VENV),$(VENV))
+coverage: $(if $(filter 5,$(TF)),$(TF5_STAMP),$(STAMP))
+	nice $(COVERAGE_VENV)/bin/python benchmarks/coverage.py --recipe $(or $(RECIPE),default) -j $(or $(JOBS),1) $(COVERAGE_ARGS)
 
 # Reliability beyond CI size (benchmarks/reliability.py): each prints its figures and fails on a crash.
 fuzz-long: $(STAMP)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import datetime as dt
+import inspect
 import json
 import os
 import platform
@@ -46,16 +47,20 @@ AUTO_CLASS = {"causal-lm": "AutoModelForCausalLM", "encoder": "AutoModel",
 # Recipes: the build's options. default = edgetx's defaults; fast = fp32 only, no fused candidates (CI).
 RECIPES = {"default": {}, "fast": {"quantize": (), "optimize": False}, "fp32": {"quantize": ()}}
 
-# The representative subset CI runs (tests/test_coverage.py): decoders of each attention/MLP/norm/position
-# style, encoders and heads. Only cells that pass belong here; the rest are in the full sweep's table.
+# The representative subset CI runs (tests/test_coverage.py, on both transformers majors): 30 types, decoders of
+# each attention/MLP/norm/position style and encoders with each head. Only cells that pass on both majors belong
+# here; the rest are in the full sweep's table.
 SUBSET = {
-    "causal-lm": ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "gpt2",
-                  "gpt_neox", "stablelm", "olmo", "olmo2", "cohere", "cohere2", "granite", "starcoder2", "opt",
-                  "bloom", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "glm", "gpt_bigcode", "nemotron",
-                  "persimmon", "exaone", "roberta", "bert"],  # roberta/bert: their LM heads as causal decoders
-    "encoder": ["bert"],
-    "seq-cls": ["bert"],
-    "token-cls": ["bert"],
+    "causal-lm": ["llama",  # grouped-query attention, rope, RMSNorm, SwiGLU
+                  "mistral", "qwen2",  # sliding window; q/k/v biases
+                  "qwen3", "gemma2", "gemma3_text",  # q/k-norm; soft-capping + alternating windows; local/global rope
+                  "phi", "phi3", "persimmon",  # partial rotary + parallel block; fused qkv; q/k LayerNorm, squared ReLU
+                  "gpt2", "gpt_bigcode", "opt", "bloom",  # learned positions (Conv1D); multi-query; offsets; ALiBi
+                  "gpt_neox", "olmo2", "cohere2", "starcoder2",  # parallel residual; post-norm; windowed+full; biases
+                  "mixtral", "qwen2_moe"],  # mixture of experts (top-k; shared expert)
+    "encoder": ["bert", "albert", "electra", "esm"],  # absolute positions; shared layers; embedding projection; rope
+    "seq-cls": ["deberta-v2", "distilbert", "data2vec-text"],  # disentangled attention; no token types; RoBERTa-style
+    "token-cls": ["deberta", "camembert", "ernie", "flaubert"],  # relative attention; ...; task ids; XLM-style
 }
 
 # The standard size attributes, set wherever a config has them (directly or through attribute_map).
@@ -64,15 +69,17 @@ SIZES = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "n
          # common variants of the same few sizes
          "ffn_dim": 128, "n_inner": 128, "d_ff": 128, "embedding_size": 64, "moe_intermediate_size": 64,
          "shared_expert_intermediate_size": 64, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4,
-         "num_experts_per_tok": 2, "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8,
-         "qk_nope_head_dim": 8, "v_head_dim": 16, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+         "num_experts_per_tok": 2, "rotary_dim": 8, "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8,
+         "qk_nope_head_dim": 8, "v_head_dim": 16, "d_head": 16, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
          "linear_key_head_dim": 16, "linear_value_head_dim": 16, "num_labels": 3,
          # encoder-decoder families name each side's sizes (their ...ForCausalLM is the decoder alone)
          "decoder_layers": 2, "encoder_layers": 2, "decoder_attention_heads": 4, "encoder_attention_heads": 4,
          "decoder_ffn_dim": 128, "encoder_ffn_dim": 128}
 # Named per-family tweaks: attribute overrides applied after SIZES, for types whose defaults clash with
 # the tiny sizes (documented reason next to each).
-TWEAKS: dict[str, dict] = {}
+TWEAKS: dict[str, dict] = {
+    "funnel": {"block_sizes": [1, 1]},  # its layer count is the sum of block_sizes (num_hidden_layers is derived)
+}
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id", "decoder_start_token_id")
 
 
@@ -111,15 +118,54 @@ def _tokenizer(kind: str):
     return AutoTokenizer.from_pretrained(folder)
 
 
+def _get(config, name: str, default=None):
+    """An attribute of a config, also one that transformers 5 calls per-layer in a heterogeneous config (read as
+    its global value: reading it plainly raises AmbiguousGlobalPerLayerAttributeError)."""
+    try:
+        return getattr(config, name, default)
+    except RuntimeError:
+        return config._getattr_without_heterogeneous_validation(name, default)
+
+
+def _settable(config_class, name: str, probe=None) -> bool:
+    """Whether `name` (or what attribute_map maps it to) can be set: some configs derive it in a read-only property,
+    or a property whose setter refuses (NotImplementedError: set these other attributes instead)."""
+    name = getattr(config_class, "attribute_map", {}).get(name, name)
+    attribute = inspect.getattr_static(config_class, name, None)
+    if not isinstance(attribute, property):
+        return True
+    if attribute.fset is None:
+        return False
+    if probe is not None:
+        try:
+            attribute.fset(probe, _get(probe, name))
+        except NotImplementedError:
+            return False
+        except Exception:  # the setter's own checks: setting the tiny value decides
+            pass
+    return True
+
+
+def _sub_config_class(config_class, key: str, sub_class, probe):
+    """The class of a sub-config: named in sub_configs, or (AutoConfig there) that of the default sub-config."""
+    if isinstance(sub_class, type) and sub_class.__name__ != "AutoConfig":
+        return sub_class
+    default = _get(probe, key)
+    return type(default) if hasattr(default, "to_dict") and type(default).__name__ != "AutoConfig" else None
+
+
 def _shrink(config_class, tokenizer, overrides: dict, depth: int = 0):
     """A config of `config_class` with the standard sizes shrunk; composite configs get tiny sub-configs."""
     probe = config_class()
     kwargs = {}
     for name, value in {**SIZES, "vocab_size": len(tokenizer)}.items():
-        if hasattr(probe, name) and not isinstance(getattr(probe, name), (dict, list)):
+        current = _get(probe, name, _MISSING)
+        if current is not _MISSING and not isinstance(current, (dict, list)) and _settable(config_class, name, probe):
             kwargs[name] = value
     if "qk_rope_head_dim" in kwargs:  # latent attention (MLA): head_dim is the rotary part, q/k = nope + rope
         kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
+    if "kv_lora_rank" in kwargs and "num_key_value_heads" in kwargs:  # MLA shares one latent, expanded to every
+        kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]  # head: no grouped key/value heads
     for name in TOKEN_IDS:
         if hasattr(probe, name):
             token = {"pad_token_id": tokenizer.pad_token_id, "sep_token_id": tokenizer.sep_token_id,
@@ -128,17 +174,64 @@ def _shrink(config_class, tokenizer, overrides: dict, depth: int = 0):
                                                                  else tokenizer.cls_token_id)
             kwargs[name] = token if token is not None else 0
     for key, sub_class in (getattr(config_class, "sub_configs", None) or {}).items():
-        if depth < 2 and isinstance(sub_class, type):
+        sub_class = _sub_config_class(config_class, key, sub_class, probe)
+        if depth < 2 and sub_class is not None:
             kwargs[key] = _shrink(sub_class, tokenizer, overrides.get(key, {}), depth + 1).to_dict()
     kwargs.update({k: v for k, v in overrides.items() if not isinstance(v, dict) or k not in kwargs})
-    config = config_class(**kwargs)
-    layers = getattr(config, "num_hidden_layers", None)
-    for name in ("layer_types", "mlp_layer_types"):  # per-layer lists that a default config spells out in full
-        types, full = getattr(config, name, None), getattr(probe, name, None)
-        if isinstance(types, list) and isinstance(full, list) and layers and (
+    layers, full_layers = kwargs.get("num_hidden_layers"), _get(probe, "num_hidden_layers")
+    representatives = list(range(layers or 0))
+    if layers and isinstance(full_layers, int) and full_layers > layers:
+        # per-layer lists a default config spells out in full (layer_types, mlp_layer_types, ...): one layer of
+        # each kind the full model mixes, so the config's own checks (list length == layers) hold
+        for name, full in vars(probe).items():
+            if isinstance(full, list) and len(full) == full_layers and name not in kwargs and \
+                    all(isinstance(x, (str, int, bool)) or x is None for x in full) and _settable(config_class, name):
+                kwargs[name] = _shrink_layer_types(full, layers)
+        kinds = _get(probe, "layer_types")
+        if isinstance(kinds, list) and len(kinds) == full_layers:  # tiny layer i stands for the first of its kind
+            representatives = [kinds.index(kind) for kind in _shrink_layer_types(kinds, layers)]
+    per_layer = _per_layer_config(probe, kwargs, representatives)
+    if per_layer:
+        kwargs["per_layer_config"] = per_layer
+    try:
+        config = config_class(**kwargs)
+    except Exception as error:  # families without grouped key/value heads say so in their config's checks
+        heads = kwargs.get("num_attention_heads")
+        if "num_key_value_heads" not in str(error) or kwargs.get("num_key_value_heads") in (None, heads) or \
+                "num_key_value_heads" in overrides:
+            raise
+        config = config_class(**{**kwargs, "num_key_value_heads": heads})
+    for name in ("layer_types", "mlp_layer_types"):  # configs that derive them in __init__ from other settings
+        types, full = _get(config, name), _get(probe, name)
+        if isinstance(types, list) and isinstance(full, list) and layers and _settable(config_class, name) and (
                 len(types) != layers or set(types) < set(full)):
             setattr(config, name, _shrink_layer_types(full, layers))
     return config
+
+
+_MISSING = object()
+
+
+def _per_layer_config(probe, kwargs: dict, representatives: list[int]) -> dict:
+    """A heterogeneous config's per-layer overrides (transformers 5) for the tiny layers: each tiny layer takes
+    those of the full layer it stands for, sizes scaled by the same factor as the global ones."""
+    spec = getattr(probe, "_heterogeneity_spec", None)
+    overrides = getattr(spec, "per_layer_overrides", None) or {}
+    if not overrides:
+        return {}
+    if representatives and not any(j in overrides for j in representatives):  # no layer kinds: the last tiny
+        representatives = representatives[:-1] + [min(overrides)]  # layer stands for the first overridden one
+    out = {}
+    for i, j in enumerate(representatives):
+        layer = {}
+        for name, value in overrides.get(j, {}).items():
+            full = _get(probe, name)
+            if name in kwargs and isinstance(value, int) and isinstance(full, int) and full:
+                value = max(1, round(kwargs[name] * value / full))
+            layer[name] = value
+        if layer:
+            out[i] = layer
+    return out
 
 
 def _shrink_layer_types(types: list, n: int) -> list:
@@ -160,6 +253,8 @@ def make_model(model_type: str, task: str, folder: Path, overrides: dict | None 
     if decoder and model_type in _registry("encoder"):  # an encoder family's causal LM: causal self-attention
         overrides.setdefault("is_decoder", True)
     config = _shrink(config_class, tokenizer, overrides)
+    if getattr(config, "architectures", None) is None:  # auto classes with two models per type iterate over it
+        config.architectures = []
     torch.manual_seed(0)
     model = getattr(transformers, AUTO_CLASS[task]).from_config(config)
     model.config.architectures = [type(model).__name__]
@@ -215,7 +310,20 @@ def run_cell(model_type: str, task: str, recipe: str, work: Path, overrides: dic
         result.update(build="failed" if stage == "build" else "no model", reason=f"{stage}: {one_line(error)}")
         (work / "trace.txt").write_text(traceback.format_exc())
     result["seconds"] = round(time.perf_counter() - started, 1)
+    result["run"] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": _commit()}
     return result
+
+
+def _commit() -> str:
+    """edgetx's commit (short), with "+" when the working tree has changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+    return head + ("+" if dirty else "")
 
 
 def _quiet_stage(title):
@@ -251,14 +359,18 @@ def _spawn(model_type: str, task: str, recipe: str, timeout: float, folder: Path
                                   env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
         except subprocess.TimeoutExpired:
             result = {"type": model_type, "task": task, "recipe": recipe, "build": "timeout",
-                      "reason": f"timed out after {timeout:.0f} s (make + build)", "seconds": timeout}
+                      "reason": f"timed out after {timeout:.0f} s (make + build)", "seconds": timeout,
+                      "run": {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "commit": _commit()}}
             target.write_text(json.dumps(result, indent=1))
             return result
         if not target.is_file():
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             result = {"type": model_type, "task": task, "recipe": recipe, "build": "crashed",
                       "reason": f"the cell's process exited {done.returncode}: {tail[:240]}",
-                      "seconds": round(time.perf_counter() - started, 1)}
+                      "seconds": round(time.perf_counter() - started, 1),
+                      "run": {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "commit": _commit()}}
             target.write_text(json.dumps(result, indent=1))
             return result
         return json.loads(target.read_text())
@@ -271,6 +383,11 @@ def load_results(folder: Path, wanted: set[tuple[str, str]] | None = None) -> li
 
 def passed(row: dict) -> bool:
     return row.get("build") == "ok"
+
+
+def distinct_types(rows: list[dict]) -> set[str]:
+    """The model types with at least one passing cell."""
+    return {r["type"] for r in rows if passed(r)}
 
 
 def render(rows: list[dict]) -> list[str]:
@@ -302,23 +419,35 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
-def write_report(rows: list[dict], recipe: str, command: str, started: dt.datetime, stem: str | None = None) -> Path:
+def write_report(rows: list[dict], recipe: str, command: str, started: dt.datetime, stem: str | None = None,
+                 missing: list[tuple[str, str]] = ()) -> Path:
     info = versions()
     date = started.strftime("%Y-%m-%d")
     stem = stem or f"{date}-coverage-tf{info['transformers']}-{recipe}"
     by_task = {task: (sum(passed(r) for r in rows if r["task"] == task), sum(r["task"] == task for r in rows))
                for task in TASKS}
     total = sum(passed(r) for r in rows)
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = "?"
+    types = distinct_types(rows)
+    commit = _commit()
+    earlier = [r for r in rows if r.get("run", {}).get("date", "") < started.isoformat(timespec="seconds")]
+    resumed = []
+    if earlier:
+        runs = Counter(f"{r.get('run', {}).get('date', '?')[:10]} at {r.get('run', {}).get('commit', '?')}"
+                       for r in earlier)
+        resumed = [f"Assembled from resumed cells: {len(earlier)} of {len(rows)} cells were run before this command "
+                   "(cached in benchmarks/results/coverage-cells/) — " +
+                   ", ".join(f"{n} on {run}" for run, n in sorted(runs.items())) + ".", ""]
+    if missing:  # registry cells without a result: named, never counted as failures
+        by = Counter(task for _, task in missing)
+        resumed += [f"Not run: {len(missing)} registry cells have no result in this table ("
+                    + ", ".join(f"{task} {n}" for task, n in by.items()) + "): "
+                    + "; ".join(f"{task}: " + ", ".join(t for t, k in missing if k == task) for task in by) + ".", ""]
     head = [f"# Coverage, {started:%Y-%m-%d %H:%M} UTC — transformers {info['transformers']}, recipe `{recipe}`", "",
             f"Machine: {machine()}. Versions: " + ", ".join(f"{k} {v}" for k, v in info.items())
-            + f"; edgetx at {commit} (+ working tree).", "",
-            f"Command: `{command}`", "",
-            f"**{total} of {len(rows)} cells pass** (build + parity): "
+            + f"; edgetx at {commit} (\"+\": with uncommitted changes).", "",
+            f"Command: `{command}`", "", *resumed,
+            f"**{len(types)} distinct model types pass** (a type counts once if any of its tasks passes); "
+            f"{total} of {len(rows)} cells pass (build + parity): "
             + ", ".join(f"{task} {p}/{n}" for task, (p, n) in by_task.items() if n) + ".", "",
             "## Failures grouped by reason", "", "| cells | reason |", "|---|---|"]
     head += [f"| {n} | {reason.replace('|', chr(92) + '|')} |" for reason, n in reason_groups(rows).most_common()]
@@ -327,6 +456,8 @@ def write_report(rows: list[dict], recipe: str, command: str, started: dt.dateti
     (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
     payload = {"date": started.isoformat(timespec="seconds"), "machine": machine(), "versions": info,
                "recipe": recipe, "command": command, "commit": commit, "passed": total, "cells": len(rows),
+               "distinct_types_passed": len(types), "resumed_cells": len(earlier),
+               "not_run": [list(cell) for cell in missing],
                "by_task": {t: {"passed": p, "cells": n} for t, (p, n) in by_task.items()}, "rows": rows}
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1))
     return RESULTS / f"{stem}.md"
@@ -359,6 +490,9 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=300, help="seconds per cell (make + build)")
     parser.add_argument("--redo", action="store_true", help="run cells that already have a result again")
     parser.add_argument("--json", type=Path, help="also write the rows of this run here")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run no cells: write the table of these tasks from the cells already done (names the "
+                             "registry cells that have no result)")
     parser.add_argument("--cell", nargs=2, metavar=("TYPE", "TASK"), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -385,8 +519,15 @@ def main(argv=None) -> int:
         todo = [(t, task) for task in tasks for t in SUBSET[task]]
     else:
         todo = cells(tasks, args.types.split(",") if args.types else None)
-    rows = sweep(todo, args.recipe, args.jobs, args.timeout, args.redo)
     command = "python benchmarks/coverage.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.report_only:
+        rows = load_results(cell_folder(args.recipe), set(todo))
+        done = {(r["type"], r["task"]) for r in rows}
+        report = write_report(rows, args.recipe, command, started, missing=[c for c in todo if c not in done])
+        print(f"{len(distinct_types(rows))} distinct model types pass; {sum(passed(r) for r in rows)} of {len(rows)} "
+              f"cells; {len(todo) - len(done)} registry cells not run; report: {report.relative_to(ROOT)}")
+        return 0
+    rows = sweep(todo, args.recipe, args.jobs, args.timeout, args.redo)
     partial = bool(args.types or args.subset)
     report = write_report(load_results(cell_folder(args.recipe)) if not partial else rows, args.recipe, command,
                           started, stem=None if not partial else

@@ -90,7 +90,7 @@ def _input_names(model, config, tokenizer, architecture: str, folder: Path) -> t
 def _max_positions(model, config, tokenizer, folder: Path) -> int:
     """The longest input: the position table (less RoBERTa-style offsets past the padding id), the
     tokenizer's limit and sentence-transformers' max_seq_length."""
-    limit = getattr(config, "max_position_embeddings", None) or 10**9
+    limit = getattr(config.get_text_config(), "max_position_embeddings", None) or 10**9
     embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
     offset = getattr(embeddings, "padding_idx", None)  # positions counted from padding_idx + 1
     if isinstance(offset, int) and hasattr(embeddings, "position_embeddings"):
@@ -143,7 +143,8 @@ def encoder_source(folder, config, tokenizer, tokenizer_files, *, source, source
     labels = _labels(config, kind)
     shape = {"encoder": (), "sequence-classification": ("batch", len(labels or [])),
              "token-classification": ("batch", "seq", len(labels or []))}[kind]
-    spec = EncoderSpec(input_names=names, hidden_size=config.hidden_size, vocab_size=config.vocab_size,
+    text = config.get_text_config()  # a composite config (a vision-text encoder) keeps the sizes in its text part
+    spec = EncoderSpec(input_names=names, hidden_size=text.hidden_size, vocab_size=text.vocab_size,
                        max_positions=max_positions, output=output, output_shape=shape)
     pooling = sentence_transformers_pooling(folder) if kind == BARE[0] else None
     sentences = docstring_sentences(ENCODER_SENTENCES)

@@ -43,6 +43,22 @@ def test_failure_reasons_group_and_render():
     assert len(table) == 2 + len(rows) and "| c | encoder | ok | 1e-06 | 1.000000 |" in table[-1]
 
 
+def test_report_counts_distinct_types_and_names_resumed_and_missing_cells(tmp_path, monkeypatch):
+    import datetime as dt
+
+    monkeypatch.setattr(coverage, "RESULTS", tmp_path)
+    earlier = {"date": "2026-01-01T00:00:00+00:00", "commit": "abc1234"}
+    rows = [{"type": "bert", "task": "encoder", "build": "ok", "run": earlier},
+            {"type": "bert", "task": "seq-cls", "build": "ok", "run": earlier},
+            {"type": "gpt2", "task": "causal-lm", "build": "failed", "reason": "build: no", "run": earlier}]
+    path = coverage.write_report(rows, "fast", "python benchmarks/coverage.py --report-only",
+                                 dt.datetime.now(dt.timezone.utc), stem="t", missing=[("albert", "encoder")])
+    text = path.read_text()
+    assert "**1 distinct model types pass**" in text and "2 of 3 cells pass" in text
+    assert "Assembled from resumed cells: 3 of 3 cells" in text and "3 on 2026-01-01 at abc1234" in text
+    assert "Not run: 1 registry cells" in text and "encoder: albert" in text
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type,task", CELLS, ids=[f"{t}-{task}" for t, task in CELLS])
 def test_subset_cell_builds_and_passes_parity(model_type, task, tmp_path):

@@ -30,6 +30,9 @@ def _config(family: str):
                                           final_logit_softcapping=3.0),  # alternating, soft-capped
         "gemma3": lambda: tf.Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=WINDOW,
                                               query_pre_attn_scalar=16),  # q/k-norm, alternating windows
+        # windowed layers with rope, a full-attention layer without it (Cohere 2's interleaving)
+        "cohere2": lambda: tf.Cohere2Config(**COMMON, sliding_window=WINDOW,
+                                            layer_types=["sliding_attention", "full_attention"]),
     }[family]()
 
 
@@ -42,7 +45,7 @@ def _model(family: str, attention: str = "sdpa"):
     return tf.AutoModelForCausalLM.from_config(config).eval()
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "gemma2", "gemma3"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "gemma2", "gemma3", "cohere2"])
 @torch.no_grad()
 def test_the_cached_forward_equals_the_models_own_past_the_window(family):
     model = _model(family)
