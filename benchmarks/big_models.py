@@ -127,7 +127,7 @@ def markdown(doc: dict) -> str:
         b = r["build"]
         lines.append(f"| {r['shape']} | {b['fp32_weight_bytes'] / gb:.2f} | {b['peak_rss_bytes'] / gb:.2f} | "
                      f"{b['peak_rss_vs_fp32_weights']} | {b['seconds']} | {r['copy_load_verify_elsewhere_seconds']} | "
-                     f"{', '.join(f'{n} {v['bytes'] / gb:.2f} GB' for n, v in r['variants'].items())} |")
+                     + ", ".join(f"{n} {v['bytes'] / gb:.2f} GB" for n, v in r["variants"].items()) + " |")
     for r in doc["runs"]:
         if "build" not in r:
             continue

@@ -135,3 +135,33 @@ def test_rotary_angles_are_put_in_the_fusable_form_exactly(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(before, after))  # one fp32 product either way: bit-equal
     _, again = canonical_rotary_angles(model)
     assert again == 0
+
+
+def test_an_in_place_transform_of_an_external_data_pair_keeps_no_map_of_the_replaced_data(tmp_path, monkeypatch):
+    """Over EXTERNAL_DATA_BYTES a model is a pair (model.onnx + model.onnx.data); transforming it in place
+    replaces the data file, leaves no staging folder, keeps no map of either data file open (its pages
+    would count in RSS), and onnxruntime loads the new pair."""
+    import gc
+    import os
+
+    import onnxruntime as ort
+
+    from edgetx.passes import files
+
+    monkeypatch.setattr(files, "EXTERNAL_DATA_BYTES", 64)  # the 128-byte weight goes to the data file
+    path = tmp_path / "fp32" / "model.onnx"
+    path.parent.mkdir()
+    save(_lm_head_graph(), path)
+    assert files.data_file(path).is_file()
+    gc.disable()  # what a large build sees: the collector seldom runs, and graphs are reference cycles
+    try:
+        transform_file(path, path, [LogitsToKeep()])
+    finally:
+        gc.enable()
+    assert files.data_file(path).is_file() and not list(path.parent.glob(".*partial"))
+    fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+           if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [target for target in fds if "model.onnx.data" in target], fds
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(["logits"], {"hidden": np.ones((1, 2, 4), np.float32), INPUT: np.array(1, np.int64)})[0]
+    assert out.shape == (1, 1, 8)

@@ -330,3 +330,41 @@ def test_int8_outliers_is_calibrated_and_gated(tmp_path, monkeypatch):
     missed = quantize_gated(SCHEMES["int8-outliers"], src, tmp_path / "missed.onnx", "encoder", inputs, data, {"pooling": pooling})
     assert not missed.passed and missed.missed_by and not (tmp_path / "missed.onnx").exists()
     assert len(missed.steps) > 1  # the mixed-precision search ran
+
+
+def test_reference_outputs_answer_each_question_once_and_release_the_session():
+    """The gate's fp32 answers are computed once: later trials reuse them without an fp32 session open."""
+    from types import SimpleNamespace
+
+    from edgetx.quant.gates import ReferenceOutputs, runner
+
+    runs, closed = [], []
+
+    class FakeSession:
+        def run(self, feeds, names=None):
+            runs.append(int(feeds["x"].sum()))
+            return SimpleNamespace(outputs={"y": feeds["x"] * 2})
+
+        def close(self):
+            closed.append(True)
+
+    reference = ReferenceOutputs(FakeSession)
+    run = runner(reference)
+    a, b = {"x": np.arange(4)}, {"x": np.arange(5)}
+    assert run(a)["y"].tolist() == [0, 2, 4, 6] and run(b)["y"].sum() == 20
+    reference.release()
+    assert closed == [True]
+    assert run(a)["y"].tolist() == [0, 2, 4, 6] and runs == [6, 10] and reference.sessions_opened == 1
+    assert run({"x": np.arange(4).astype(np.float32)})["y"].dtype == np.float32  # another dtype: a new question
+    assert reference.sessions_opened == 2 and runs == [6, 10, 6]
+
+
+@pytest.mark.parametrize("name", ["int8-weight-only", "int4", "int8", "int8-per-tensor", "fp16"])
+def test_sensitivity_in_column_chunks_matches_the_whole_weight(name, monkeypatch):
+    from edgetx.quant import sensitivity
+
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((24, 64), np.float32), rng.standard_normal((64, 300), np.float32)
+    whole = sensitivity.relative_error(SCHEMES[name], x, w)
+    monkeypatch.setattr(sensitivity, "COLUMN_CHUNK", 64)
+    assert whole > 0 and sensitivity.relative_error(SCHEMES[name], x, w) == pytest.approx(whole, rel=1e-5)

@@ -104,11 +104,28 @@ class BuildRecord:
                 "stages": self.stages}
 
 
+def _release_rewriter_matches() -> None:
+    """onnxscript's pattern matchers (module-level rewrite rules that torch.onnx runs on the exported graph)
+    keep the last graph and match they saw; that graph's initializers wrap the PyTorch parameters, so the
+    whole model stays alive after the exporter has returned (measured: every parameter of a Qwen2 still
+    referenced from SimplePatternMatcher._graph after the build dropped the model). Forget them."""
+    try:
+        from onnxscript.rewriter._matcher import SimplePatternMatcher
+    except ImportError:  # another onnxscript layout: nothing known to clear
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, SimplePatternMatcher):
+            for attr in ("_graph", "_match", "_current_node", "_tracer"):
+                if hasattr(obj, attr):
+                    setattr(obj, attr, None)
+
+
 def _release_torch(source) -> None:
     """Drop the PyTorch model once the graph and the golden I/O exist: the rest of the build runs on ONNX
     files, and a large model must not stay in memory beside its onnxruntime sessions."""
     source.module = source.run_torch = None
     source.export = source.capture_golden = None  # their closures hold the model too
+    _release_rewriter_matches()
     gc.collect()
 
 
@@ -163,12 +180,16 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
             continue
         manifest["variants"][name] = provisional.manifest["variants"][name] = {
             "precision": s.precision, "file": f"{name}/model.onnx", "scheme": name, "tolerance": gate.to_dict()}
-        (report,) = verify(provisional, backend=REFERENCE_BACKEND, variants=[name])
-        if report.passed:
-            manifest["variants"][name]["parity"] = report.to_dict()
-            session = Session(provisional, variant=name, backend=REFERENCE_BACKEND)
-            record["results"][name]["latency"] = kind.time_graph(session, provisional.golden())
-        else:  # passed the gate against fp32 but not against PyTorch's golden answers: do not ship it
+        with stage(f"verify {name} against the golden I/O and time it"):
+            (report,) = verify(provisional, backend=REFERENCE_BACKEND, variants=[name])
+            if report.passed:
+                manifest["variants"][name]["parity"] = report.to_dict()
+                session = Session(provisional, variant=name, backend=REFERENCE_BACKEND)
+                record["results"][name]["latency"] = kind.time_graph(session, provisional.golden())
+                session.close()  # before the next scheme quantizes: one model's weights in memory at a time
+                del session
+                gc.collect()
+        if not report.passed:  # passed the gate against fp32 but not against PyTorch's golden answers: do not ship it
             record["results"][name]["rejected_by_parity"] = [f"{c.name}: {c.detail}" for c in report.checks if not c.passed]
             manifest["variants"].pop(name, None)
             provisional.manifest["variants"].pop(name, None)

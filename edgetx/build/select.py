@@ -5,6 +5,7 @@ fastest is kept. A fused graph is not assumed faster: on a small model at one th
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from edgetx.errors import EdgetxError
 from edgetx.kinds import kind_of
 from edgetx import progress
 from edgetx.passes import run
-from edgetx.passes.files import file_bytes, load, transform_file
+from edgetx.passes.files import EXTERNAL_DATA_BYTES, file_bytes, load, release, transform_file
 from edgetx.passes.cpu_kernels import CpuKernelRewrites
 from edgetx.passes.gqa_padding import GqaPaddedBatches
 from edgetx.passes.ort_fusions import OrtFusions
@@ -114,11 +115,15 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
     tolerance = bundle.variant("fp32").tolerance
     candidates = candidates or CANDIDATES
     weights = file_bytes(bundle.file(fp32_rel))
-    # Interleaved timing keeps every candidate's session open at once: only when they all fit in memory
-    interleave = _fits(len(candidates) * SESSION_OVERHEAD * weights)
+    # Interleaved timing keeps every candidate's session open at once: only when they all fit in memory, and
+    # never for a model with external data (over EXTERNAL_DATA_BYTES), whose sessions side by side would put
+    # the build's peak RSS past its goal of 3x the fp32 weight bytes
+    interleave = weights <= EXTERNAL_DATA_BYTES and _fits(len(candidates) * SESSION_OVERHEAD * weights)
     timing = "interleaved" if interleave else (
-        f"one candidate at a time: {len(candidates)} sessions of {weights / 1e9:.1f} GB of weights would not fit "
-        "in the memory available")
+        f"one candidate at a time: {weights / 1e9:.1f} GB of weights is over the external-data threshold, where "
+        f"{len(candidates)} sessions side by side would pass the peak-memory goal" if weights > EXTERNAL_DATA_BYTES
+        else f"one candidate at a time: {len(candidates)} sessions of {weights / 1e9:.1f} GB of weights would not "
+             "fit in the memory available")
     results, sessions = [], {}
     entries = {}
     for name, passes in candidates.items():
@@ -140,6 +145,8 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
             continue
         entry["log"] = log
         entry["file"] = write(name, model)
+        release(model)  # the pass's working copy: not kept beside the candidate's verification and timing sessions
+        del model
         bundle.manifest["variants"][name] = {"precision": "fp32", "file": entry["file"], "tolerance": tolerance}
         try:
             (report,) = verify(bundle, backend=target, variants=[name], threads=threads)
@@ -165,7 +172,10 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
             entry["load_ms"] = (time.perf_counter() - started) * 1e3
             if not interleave:  # time it now and let its session (and its weights) go
                 _time_interleaved(sessions, entries, golden, timer)
+                for session in sessions.values():
+                    session.close()
                 sessions.clear()
+                gc.collect()
         del bundle.manifest["variants"][name]
         results.append(entry)
     if sessions:

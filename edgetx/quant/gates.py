@@ -12,10 +12,13 @@ sensitive are kept in fp32 — 1, 2, 4, ... of them — until the gate holds or 
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -39,6 +42,44 @@ def runner(session) -> Callable[..., dict[str, np.ndarray]]:
     return lambda feeds, names=None: session.run(feeds, names).outputs
 
 
+def _feed_key(feeds: dict[str, np.ndarray], names) -> str:
+    digest = hashlib.sha256(repr(sorted(names)).encode() if names is not None else b"*")
+    for name in sorted(feeds):
+        array = np.ascontiguousarray(feeds[name])
+        digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+class ReferenceOutputs:
+    """The fp32 reference of a gate as a runner that remembers its answers. The gate asks the reference the
+    same questions on every trial (the held-out text, then greedy decoding, which depends only on the
+    reference's own answers), so after the first evaluation the fp32 session can be released: trials then
+    hold the quantizer's working copy or one candidate session, never the fp32 session beside them. A
+    question not asked before reopens the session."""
+
+    def __init__(self, open_session: Callable[[], object]):
+        self._open, self._session, self._answers = open_session, None, {}
+        self.sessions_opened = 0
+
+    def run(self, feeds: dict[str, np.ndarray], names=None) -> SimpleNamespace:
+        """A backend session's `run`: `.outputs` are the fp32 answers."""
+        key = _feed_key(feeds, names)
+        if key not in self._answers:
+            if self._session is None:
+                self._session = self._open()
+                self.sessions_opened += 1
+            self._answers[key] = self._session.run(feeds, names).outputs
+        return SimpleNamespace(outputs=self._answers[key])
+
+    def release(self) -> None:
+        """Close the fp32 session (its answers are kept)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+            gc.collect()
+
+
 def evaluate(kind: ModelKind, inputs: list[dict], reference, candidate, data: dict[str, np.ndarray],
              facts: dict | None = None) -> dict[str, float]:
     """Gate metrics of `candidate` against `reference` (backend sessions) on the held-out data."""
@@ -53,6 +94,9 @@ def _exact_sensitivity(s: Scheme, fp32_path: Path, nodes: list[str], trial: Path
         apply(s, fp32_path, trial, exclude=[n for n in nodes if n != node], calibration=calibration, inputs=inputs)
         candidate = get_backend(backend).create_session(trial, SessionOptions())
         scores[node] = kind.gate_score(evaluate(kind, inputs, reference, candidate, data, facts))
+        candidate.close()  # before the next trial's quantizer runs
+        del candidate
+        gc.collect()
     return sorted(nodes, key=lambda n: -scores[n])
 
 
@@ -95,11 +139,13 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | Model
     block (e.g. an encoder's pooling). `out_path` is written only when the gate passes."""
     kind = get_kind(kind, fp32_path) if isinstance(kind, str) else kind
     tolerance = QUANTIZED[s.precision]
-    # the fp32 session is opened only when first needed: for an uncalibrated scheme after the first quantization,
-    # so a large model's fp32 weights are not held by onnxruntime while the quantizer holds them too
-    reference = get_backend(backend).create_session(fp32_path, SessionOptions()) if needs_calibration(s) else None
+    # The fp32 answers are computed once, by a session open only while they are: a large model's fp32 weights
+    # are never held by onnxruntime while the quantizer or a candidate session holds a copy of them too
+    reference = ReferenceOutputs(lambda: get_backend(backend).create_session(fp32_path, SessionOptions()))
     calibration = kind.calibration_feeds(inputs, data, reference=runner(reference), static=s.method == "qdq") \
         if needs_calibration(s) else None
+    evaluate(kind, inputs, reference, reference, data, facts)  # asks the reference every question of the gate
+    reference.release()
     with tempfile.TemporaryDirectory(prefix="edgetx-quant-", dir=out_path.parent) as tmp:
         # the graph the scheme quantizes (dynamic int8 rewrites fused ops first): node names refer to it
         source, rewrites = (prepare_int8_graph(s, fp32_path, Path(tmp) / "source.onnx", calibration)
@@ -118,11 +164,12 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | Model
             except Exception as e:  # onnxruntime.quantization raises plain exceptions
                 raise EdgetxError(f"scheme {s.name} failed on {fp32_path.name}: {type(e).__name__}: "
                                   f"{str(e).splitlines()[0][:300]}") from None
-            if reference is None:
-                reference = get_backend(backend).create_session(fp32_path, SessionOptions())
             candidate = get_backend(backend).create_session(trial, SessionOptions())
             result = evaluate(kind, inputs, reference, candidate, data, facts)
+            reference.release()  # in case the candidate's answers led it to a new question
+            candidate.close()
             del candidate
+            gc.collect()
             missed = kind.gate_misses(result, tolerance)
             steps.append({"kept_fp32": len(keep), "bytes": file_bytes(trial), **result, "missed_by": missed})
             if not missed or len(keep) >= len(nodes) or not mixed_precision:

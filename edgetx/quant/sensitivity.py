@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetx.passes.base import ir
 from edgetx.quant.schemes import Scheme
 from edgetx.runtimes.backend import REFERENCE_BACKEND, SessionOptions, get_backend
 
@@ -41,29 +42,58 @@ def _simulate(s: Scheme, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.n
     return x, wq
 
 
+COLUMN_CHUNK = 8192  # output columns simulated at a time: an LM head's working copies stay a few hundred MB
+
+
+def relative_error(s: Scheme, x: np.ndarray, w: np.ndarray) -> float:
+    """|x @ w - xq @ wq| / |x @ w| (Frobenius) for one MatMul quantized in simulation. Computed over column
+    chunks when the scheme quantizes each output column on its own (weight-only blocks, per-channel int8,
+    fp16), so a [K, N] weight never has several full-size copies made of it; a per-tensor scheme needs
+    the whole weight's range and takes it at once."""
+    separable = s.method not in ("dynamic", "static", "qdq") or s.options.get("per_channel", True)
+    step = COLUMN_CHUNK if separable else w.shape[1]
+    error = norm = 0.0
+    for start in range(0, w.shape[1], step):
+        part = np.asarray(w[:, start : start + step], dtype=np.float32)
+        exact = x @ part
+        xq, wq = _simulate(s, x, part)
+        error += float(np.square(exact - xq @ wq).sum(dtype=np.float64))
+        norm += float(np.square(exact).sum(dtype=np.float64))
+    return float(np.sqrt(error) / max(np.sqrt(norm), 1e-12))
+
+
 def sensitivity(fp32_path: Path, s: Scheme, feeds: list[dict[str, np.ndarray]], backend: str = REFERENCE_BACKEND) -> list[tuple[str, float]]:
-    """(node, relative output error when only its MatMul is quantized), most sensitive first."""
+    """(node, relative output error when only its MatMul is quantized), most sensitive first.
+
+    Memory stays near one model's weights: the graph is read without its weights, the captured inputs come
+    from one session that is closed before any weight is read, and each weight is then read on its own from
+    the file (onnx_ir reads external data lazily) and simulated in column chunks."""
     import onnx
-    from onnx import numpy_helper
 
     from edgetx.passes.expose import expose_file
+    from edgetx.passes.files import load, release
 
-    model = onnx.load(str(fp32_path))
-    weights = {i.name: i for i in model.graph.initializer}
-    targets = []
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and node.input[1] in weights and node.input[0] not in weights:
-            targets.append((node.name, node.input[0], numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)))
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    targets = [(node.name, node.input[0], node.input[1]) for node in graph.node
+               if node.op_type == "MatMul" and node.input[1] in weights and node.input[0] not in weights]
+    del graph
+    activations = sorted({act for _, act, _ in targets})
     with tempfile.TemporaryDirectory(prefix="edgetx-sens-") as tmp:
-        path = expose_file(fp32_path, sorted({t[1] for t in targets}), Path(tmp) / "m.onnx")
+        path = expose_file(fp32_path, activations, Path(tmp) / "m.onnx")
         session = get_backend(backend).create_session(path, SessionOptions())
-        scores = {name: 0.0 for name, _, _ in targets}
-        for feed in feeds:
-            out = session.run(feed, sorted({t[1] for t in targets})).outputs
-            for name, act, w in targets:
-                x = out[act].reshape(-1, w.shape[0]).astype(np.float32)
-                exact = x @ w
-                xq, wq = _simulate(s, x, w)
-                scores[name] += float(np.linalg.norm(exact - xq @ wq) / max(np.linalg.norm(exact), 1e-12))
+        captured = [session.run(feed, activations).outputs for feed in feeds]
+        session.close()
+        del session
+    model = load(fp32_path)
+    initializers = model.graph.initializers
+    scores = {}
+    for name, act, weight in targets:
+        w = initializers[weight].const_value.numpy()
+        scores[name] = sum(relative_error(s, out[act].reshape(-1, w.shape[0]).astype(np.float32), w)
+                           for out in captured)
+        del w
+        if isinstance(initializers[weight].const_value, ir.ExternalTensor):  # its map, before the next weight's
+            initializers[weight].const_value.release()
+    release(model)
     return sorted(scores.items(), key=lambda kv: -kv[1])
-

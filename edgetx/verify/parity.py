@@ -16,6 +16,8 @@ the report.
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 
 from edgetx.bundle import Bundle
@@ -46,6 +48,10 @@ def measure_fp32_tolerance(bundle: Bundle, variant: str = "fp32") -> Tolerance:
     for options in SPREAD_CONFIGURATIONS.values():
         session = Session(bundle, variant=variant, backend=REFERENCE_BACKEND, **options)
         spread = max(spread, metrics.max_abs(*session.kind.primary_output(session, golden)))
+        # one session at a time: rebinding `session` would build the next while this one still holds its
+        # weights (a 2.35 GB model measured 7.5 GB peak RSS in this stage that way)
+        del session
+        gc.collect()
     return from_spread("fp32", spread, list(SPREAD_CONFIGURATIONS))
 
 
@@ -81,6 +87,9 @@ def verify(bundle: Bundle, backend: str = REFERENCE_BACKEND, variants: list[str]
             report.checks = kind.parity_checks(session, golden, tolerance)
         report.placement = _placement(plugin, session)
         reports.append(report)
+        session.close()  # before the next variant's session loads: one model's weights in memory at a time
+        del session
+        gc.collect()
     return reports
 
 
