@@ -5,10 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 MODELS_STAMP := $(VENV)/.model-packages-stamp
 # The other transformers major: .venv has transformers 4.57 (constraints.txt); this one 5.24 (constraints-tf5.txt),
-# an editable install of the same checkout. `make test` runs TESTS_ON_BOTH_MAJORS in it too.
+# an editable install of the same checkout. `make test` runs TESTS_ON_BOTH_MAJORS in it too: the decoders (whose
+# cache API differs between the majors), sliding windows, and the coverage subset (19 decoders, 11 encoders and heads).
 TF5_VENV  := .cache/venv-tf5
 TF5_STAMP := $(TF5_VENV)/.installed-stamp
-TESTS_ON_BOTH_MAJORS := tests/test_hf.py tests/test_sliding_window.py tests/test_hf_encoders.py tests/test_coverage.py
+TESTS_ON_BOTH_MAJORS := tests/test_hf.py tests/test_sliding_window.py tests/test_coverage.py
+# Two pytest workers (pytest-xdist), a test file at a time each: most of a build is single-threaded Python
+# (torch.export, onnxscript), so two at once use both cores. tests/conftest.py starts the longest files first.
+PYTEST := -m pytest -n 2 --dist loadfile
 # GGUF on 5.x: loading and the grid of every type, and one 4-bit and one 8-bit build (all nine build on 4.57)
 TESTS_FAST_ON_TF5 := tests/test_gguf_types.py
 WHEELS := .cache/wheels
@@ -70,13 +74,13 @@ $(BUNDLE)/manifest.json: $(STAMP) $(CHECKPOINT)/model.safetensors $(CHECKPOINT)/
 # and say why, and the rest of the suite still runs; web and arm64 are required.
 test: $(STAMP) $(TF5_STAMP) $(MODELS_STAMP) provision-web provision-arm64
 	-@$(MAKE) --no-print-directory provision-vendors
-	EDGETX_REQUIRE_BACKENDS=web,arm64 $(BIN)/python -m pytest
+	EDGETX_REQUIRE_BACKENDS=web,arm64 $(BIN)/python $(PYTEST)
 	@echo "== the same Hugging Face tests on transformers $$($(TF5_VENV)/bin/python -c 'import transformers; print(transformers.__version__)') =="
-	$(TF5_VENV)/bin/python -m pytest $(TESTS_ON_BOTH_MAJORS)
-	$(TF5_VENV)/bin/python -m pytest -m "not slow" $(TESTS_FAST_ON_TF5)
+	$(TF5_VENV)/bin/python $(PYTEST) $(TESTS_ON_BOTH_MAJORS)
+	$(TF5_VENV)/bin/python $(PYTEST) -m "not slow" $(TESTS_FAST_ON_TF5)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m 'not slow'
+	$(BIN)/python $(PYTEST) -m 'not slow'
 
 # edgetx side by side with PyTorch eager, Optimum and onnxruntime-genai (benchmarks/README.md). The
 # peers get their own virtualenvs under .cache/peers on first use (~8 min from nothing, ~5 GB).

@@ -182,10 +182,14 @@ def test_build_verifies_and_ships_each_type_bit_exact(gguf_dir, tmp_path, qtype)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("qtype,added", [("Q8_0", True), ("Q4_0", False)])
-def test_decoder_default_picks_the_matching_grid_scheme(gguf_dir, tmp_path, qtype, added):
-    """A GGUF whose layers are on an 8-bit grid gets int8-grid and int8-grid-a8 by default; a 4-bit one
-    keeps today's defaults (its int4-grid applies)."""
-    results = _build_and_check(gguf_dir, tmp_path, qtype, None)
-    assert ("int8-grid" in results) == added and ("int8-grid-a8" in results) == added
-    assert {"int8-weight-only", "int4", "int4-grid", "int4-grid-a8"} <= set(results)
+def test_decoder_default_picks_the_matching_grid_scheme(gguf_dir, tmp_path):
+    """A GGUF whose layers are on an 8-bit grid gets int8-grid and int8-grid-a8 by default (a whole default
+    build); a 4-bit one keeps the decoder defaults, whose int4-grid applies (the kind's choice, from the
+    manifest's GGUF tensor types)."""
+    from edgetx.kinds import get_kind
+
+    results = _build_and_check(gguf_dir, tmp_path, "Q8_0", None)
+    assert {"int8-weight-only", "int4", "int4-grid", "int4-grid-a8", "int8-grid", "int8-grid-a8"} <= set(results)
+    kind = get_kind("causal-lm")
+    assert kind.schemes_for({"gguf": {"matrix_types": {"Q4_0": 14}}}) == kind.default_schemes
+    assert kind.schemes_for({"gguf": {"matrix_types": {"Q6_K": 7, "Q4_K": 7}}})[-2:] == ("int8-grid", "int8-grid-a8")

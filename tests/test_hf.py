@@ -16,14 +16,16 @@ DECODERS = ["llama", "qwen2", "mistral", "gpt2"]
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """family -> (model folder, bundle), built once per test module."""
+    """family -> (model folder, bundle), built once per test module: the fused candidate and one gated
+    variant (the full default recipe runs on the reference GPT and in the coverage sweep)."""
     cache = {}
 
     def get(family):
         if family not in cache:
             root = tmp_path_factory.mktemp(family)
             folder = save_tiny(family, root / "model")
-            cache[family] = (folder, build(folder, root / "bundle"))
+            cache[family] = (folder, build(folder, root / "bundle", candidates=("unfused", "ort-fusions"),
+                                           quantize=("int8-weight-only",)))
         return cache[family]
 
     return get
@@ -149,7 +151,7 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path):
     with pytest.raises(EdgetxError, match="--allow-pickle"):
         build(folder, tmp_path / "b")
     assert not (tmp_path / "b").exists()
-    bundle = build(folder, tmp_path / "b", allow_pickle=True)
+    bundle = build(folder, tmp_path / "b", allow_pickle=True, optimize=False, quantize=())
     assert bundle.variant("fp32").parity["passed"]
 
 

@@ -87,10 +87,8 @@ def test_optimize_cli_reports_fusions(tiny_bundle_master, tmp_path):
 
 
 @pytest.mark.slow
-def test_reference_gpt_fuses_attention_rotary_and_norms(tmp_path):
-    from edgetx.build import build
-
-    bundle = build(None, tmp_path / "ref")
+def test_reference_gpt_fuses_attention_rotary_and_norms(reference_bundle):
+    bundle = reference_bundle
     fused = next(c for c in bundle.manifest["optimization"]["candidates"] if c["name"] == "ort-fusions")
     ops = fused["log"][0]["ops_after"]
     assert ops["com.microsoft.MultiHeadAttention"] == 6 and ops["com.microsoft.RotaryEmbedding"] == 12

@@ -48,9 +48,16 @@ def smollm2_gguf() -> Path:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# The real models are built with the candidates and schemes their tests read (CI time): the full default
+# recipe (every candidate, RTN int4 with its mixed-precision search) is the same code the tiny models run.
+MINILM_CANDIDATES = ("unfused", "ort-fusions", "ort-fusions+cpu-kernel-rewrites")
+SMOLLM2_SCHEMES = ("int8-weight-only", "int4-grid", "int4-grid-a8")
+
+
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
-    return build(minilm_folder(), tmp_path_factory.mktemp("minilm") / "bundle")
+    return build(minilm_folder(), tmp_path_factory.mktemp("minilm") / "bundle", candidates=MINILM_CANDIDATES,
+                 quantize=("int8-outliers",))
 
 
 @torch.no_grad()
@@ -86,7 +93,8 @@ def smollm2(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
-    bundle = build(gguf, tmp_path_factory.mktemp("smollm2") / "bundle")
+    bundle = build(gguf, tmp_path_factory.mktemp("smollm2") / "bundle", candidates=("unfused", "ort-fusions"),
+                   quantize=SMOLLM2_SCHEMES)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     return bundle, model, tokenizer
@@ -145,10 +153,11 @@ def test_smollm2_cli_generate_prints_pytorch_text(smollm2):
 
 def test_smollm2_quantized_variants_are_gated(smollm2):
     """int8 weight-only passes its gate; int4-grid reproduces the GGUF's Q4_1 weights exactly (only
-    the lm_head, off the 4-bit grid, stays fp32); int4-grid-a8 passes with its activation rounding; whatever RTN int4 does, the manifest says what was
-    measured and kept, and a variant is in the bundle only if its gate passed."""
+    the lm_head, off the 4-bit grid, stays fp32); int4-grid-a8 passes with its activation rounding; the manifest
+    says what was measured and kept, and a variant is in the bundle only if its gate passed."""
     bundle, _, _ = smollm2
     results = bundle.manifest["quantization"]["results"]
+    assert set(results) == set(SMOLLM2_SCHEMES)
     assert results["int8-weight-only"]["gate_passed"] and "int8-weight-only" in bundle.variants
     grid = results["int4-grid"]
     assert grid["gate_passed"] and grid["gate"]["kld_mean"] < 1e-6 and grid["gate"]["top1"] == 1.0

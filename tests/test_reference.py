@@ -25,13 +25,6 @@ def test_model_card_states_the_measured_figures():
     assert f"{LOG['train_seconds'] / 60:.1f} min" in card
 
 
-@pytest.fixture(scope="module")
-def reference_bundle(tmp_path_factory):
-    from edgetx.build import build
-
-    return build(None, tmp_path_factory.mktemp("ref") / "edgetx-gpt")
-
-
 @pytest.mark.slow
 def test_reference_bundle_parity(reference_bundle):
     reports = verify(Bundle.load(reference_bundle.path))

@@ -82,7 +82,7 @@ def folders(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "gemma2"])
 def test_fused_attention_keeps_the_window(folders, tmp_path, family):
-    bundle = build(folders(family), tmp_path / "bundle", quantize=())
+    bundle = build(folders(family), tmp_path / "bundle", candidates=("unfused", "ort-fusions"), quantize=())
     assert bundle.variant("fp32").parity["passed"]
     candidates = {c["name"]: c for c in bundle.manifest["optimization"]["candidates"]}
     fused = candidates["ort-fusions"]
