@@ -57,10 +57,12 @@ SUBSET = {
                   "phi", "phi3", "persimmon",  # partial rotary + parallel block; fused qkv; q/k LayerNorm, squared ReLU
                   "gpt2", "gpt_bigcode", "opt", "bloom",  # learned positions (Conv1D); multi-query; offsets; ALiBi
                   "gpt_neox", "olmo2", "cohere2", "starcoder2",  # parallel residual; post-norm; windowed+full; biases
-                  "granite", "stablelm"],  # scaled residuals/logits; partial rotary + LayerNorm
+                  "granite", "stablelm",  # scaled residuals/logits; partial rotary + LayerNorm
+                  "bart"],  # an encoder-decoder family's decoder: positions ignore the mask (not padding-invariant)
     # mixture-of-experts decoders (mixtral, qwen2_moe) pass on transformers 5 but not on 4.57 (torch.export:
     # GuardOnDataDependentSymNode in the expert routing), so they are in the full sweep only
-    "encoder": ["bert", "albert", "electra", "esm"],  # absolute positions; shared layers; embedding projection; rope
+    "encoder": ["bert", "albert", "electra", "esm",  # absolute positions; shared layers; embedding projection; rope
+                "convbert"],  # convolutions across padding (not padding-invariant)
     "seq-cls": ["deberta-v2", "distilbert", "data2vec-text"],  # disentangled attention; no token types; RoBERTa-style
     "token-cls": ["deberta", "camembert", "ernie", "flaubert"],  # relative attention; ...; task ids; XLM-style
 }

@@ -178,7 +178,8 @@ def capture_golden(forward: CausalLMForward, spec: CausalLMSpec, prompts: list[b
 
     - prefill: logits for every position of prompt 0;
     - decode: `decode_steps` greedy steps with the KV cache (tokens fed and logits returned);
-    - padded: all prompts as one left-padded batch, last-position logits per row.
+    - padded: all prompts as one left-padded batch, last-position logits per row, and each row run alone
+      (`padded.alone_logits`): what a graph must give for a row whether or not the model is padding-invariant.
     """
     ids = [list(p) for p in prompts]
     prompt = torch.tensor([ids[0]], dtype=torch.int64)
@@ -208,6 +209,12 @@ def capture_golden(forward: CausalLMForward, spec: CausalLMSpec, prompts: list[b
         empty = [(torch.zeros(len(ids), spec.num_kv_heads, 0, spec.head_dim),) * 2
                  for _ in range(spec.num_layers)]
         logits, _ = forward(torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(positions), empty)
+        alone = []
+        for p in ids:
+            row = torch.tensor([p], dtype=torch.int64)
+            empty = [(torch.zeros(1, spec.num_kv_heads, 0, spec.head_dim),) * 2 for _ in range(spec.num_layers)]
+            alone.append(forward(row, torch.ones_like(row), torch.arange(len(p))[None], empty)[0][0, -1].numpy())
         golden.update({"padded.input_ids": input_ids, "padded.attention_mask": mask,
-                       "padded.position_ids": positions, "padded.logits": logits[:, -1].numpy()})
+                       "padded.position_ids": positions, "padded.logits": logits[:, -1].numpy(),
+                       "padded.alone_logits": np.stack(alone)})
     return golden

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edgetx.exporters.causal_lm import quiet_export
-from edgetx.kinds.encoder import pool
+from edgetx.kinds.encoder import INVARIANCE_ROWS, pool
 from edgetx.passes import files
 
 
@@ -69,11 +69,22 @@ def export_encoder(model: torch.nn.Module, spec: EncoderSpec, out_path: Path, op
 @torch.no_grad()
 def capture_encoder_golden(model: torch.nn.Module, spec: EncoderSpec, batch: dict[str, np.ndarray],
                            pooling: dict | None) -> dict[str, np.ndarray]:
-    """PyTorch's output (and, for a bare encoder, pooled embeddings) for one padded batch of real sentences."""
+    """PyTorch's output (and, for a bare encoder, pooled embeddings) for one padded batch of real sentences, and
+    for its first rows each run alone (`batch.alone.{output}`, at the row's real positions, zeros elsewhere)."""
     feeds = {n: torch.from_numpy(batch[n]) for n in spec.input_names}
     output = getattr(model(**feeds), spec.output).numpy()
     golden = {f"batch.{n}": batch[n] for n in spec.input_names}
     golden[f"batch.{spec.output}"] = output
+    mask = batch["attention_mask"].astype(bool)
+    alone = np.zeros((min(INVARIANCE_ROWS, len(output)), *output.shape[1:]), np.float32)
+    for row in range(len(alone)):
+        single = {n: t[row : row + 1, torch.from_numpy(mask[row])] for n, t in feeds.items()}
+        answer = getattr(model(**single), spec.output).numpy()[0]
+        if output.ndim == 3:  # per token: back at the row's real positions
+            alone[row, mask[row]] = answer
+        else:
+            alone[row] = answer
+    golden[f"batch.alone.{spec.output}"] = alone
     if pooling is not None:
         golden["batch.embeddings"] = pool(output, batch["attention_mask"], pooling)
     return golden

@@ -66,7 +66,10 @@ ENCODERS = {
                                  "pos_att_type": ["p2c", "c2p"], "max_relative_positions": -1}),
     "modernbert": ("wordpiece", {"pad_token_id": 0, "cls_token_id": 2, "sep_token_id": 3, "bos_token_id": 2,
                                  "eos_token_id": 3, "global_attn_every_n_layers": 2, "local_attention": 16}),
+    # its convolutions reach across padding into real tokens: not padding-invariant in PyTorch itself
+    "convbert": ("wordpiece", {"embedding_size": 64, "head_ratio": 2, "conv_kernel_size": 9}),
 }
+PADDING_VARIANT = ("convbert",)
 
 
 def tiny_encoder_config(model_type: str):
@@ -154,3 +157,34 @@ def save_tiny(family: str, folder: Path, sentence_transformers: bool = True) -> 
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
             {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
     return folder
+
+
+def save_big_decoder(folder: Path, embedding_std: float | None = None, **shape) -> int:
+    """A random-init Qwen2 of `shape` with the byte-level tokenizer at `folder`; returns its fp32 weight bytes.
+
+    With `embedding_std`, the embedding is drawn at that scale and an untied lm_head is a copy of it (a tied one
+    is it): a random lm_head gives a near-uniform next-token distribution whose top two logits any rounding
+    swaps, a gate nobody could pass; this way the residual stream's own token decides the argmax by a wide
+    margin, as in a trained model, and a quantization gate measures quantization rather than ties."""
+    import gc
+
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    tokenizer = byte_level_tokenizer()
+    config = tf.Qwen2Config(**{"max_position_embeddings": 4096, **shape}, bos_token_id=tokenizer.eos_token_id,
+                            eos_token_id=tokenizer.eos_token_id)
+    config.architectures = ["Qwen2ForCausalLM"]
+    with torch.no_grad():
+        model = tf.Qwen2ForCausalLM(config)
+        if embedding_std is not None:
+            model.model.embed_tokens.weight.normal_(0.0, embedding_std)
+            if model.lm_head.weight is not model.model.embed_tokens.weight:
+                model.lm_head.weight.copy_(model.model.embed_tokens.weight)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied weight counts once
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    del model
+    gc.collect()
+    return nbytes

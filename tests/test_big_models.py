@@ -4,7 +4,6 @@ and the build's peak memory and time recorded against the weight bytes."""
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 import time
@@ -15,6 +14,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from edgetx.build.pipeline import build, peak_rss_bytes  # noqa: E402
+from hf_models import save_big_decoder  # noqa: E402
 from edgetx.bundle import Bundle  # noqa: E402
 from edgetx.verify.parity import verify  # noqa: E402
 
@@ -26,38 +26,11 @@ from edgetx.verify.parity import verify  # noqa: E402
 # accuracy_level 0 is several times slower than fp32, and timing that variant alone took 6 minutes here.
 SHAPE = dict(hidden_size=2048, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=16,
              num_key_value_heads=2, vocab_size=196000, max_position_embeddings=4096, tie_word_embeddings=False)
-# A random-init lm_head gives a next-token distribution that is nearly uniform over the vocabulary, where the
-# top two logits are so close that any rounding swaps them (int8-weight-only measured top-1 0.93 < 0.97 on the
-# earlier shape, with KL 1e-4): a gate nobody could pass. Here the lm_head holds the embedding's values (as a
-# tied model's does, stored untied) at a larger scale, so the residual stream's own token decides the argmax
-# by a wide margin, as in a trained model, and the gate measures quantization rather than ties.
+# A random-init lm_head would give a near-uniform next-token distribution whose top two logits any rounding swaps
+# (int8-weight-only measured top-1 0.93 < 0.97 on an earlier shape, with KL 1e-4): the embedding drawn at this
+# scale and copied into the lm_head makes a model whose gate measures quantization (hf_models.save_big_decoder).
 EMBEDDING_STD = 0.5
 PROTOBUF_LIMIT = 2**31
-
-
-def save_big_decoder(folder: Path, embedding_std: float | None = None, **shape) -> int:
-    """A random-init Qwen2 of `shape` with a byte-level tokenizer at `folder`; returns its fp32 weight bytes.
-    With `embedding_std`, the embedding is drawn at that scale and the (untied) lm_head is a copy of it."""
-    import torch
-    import transformers as tf
-
-    from hf_models import byte_level_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = byte_level_tokenizer()
-    config = tf.Qwen2Config(**shape, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    config.architectures = ["Qwen2ForCausalLM"]
-    with torch.no_grad():
-        model = tf.Qwen2ForCausalLM(config)
-        if embedding_std is not None:
-            model.model.embed_tokens.weight.normal_(0.0, embedding_std)
-            model.lm_head.weight.copy_(model.model.embed_tokens.weight)
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    del model
-    gc.collect()
-    return nbytes
 
 
 def _external_locations(path: Path) -> set[str]:

@@ -260,7 +260,15 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
         }
         with stage("measure the fp32 tolerance (PyTorch vs onnxruntime CPU configurations)"):
             provisional = Bundle(writer.tmp, {**manifest, "files": {}})
-            manifest["variants"]["fp32"]["tolerance"] = measure_fp32_tolerance(provisional).to_dict()
+            tolerance = measure_fp32_tolerance(provisional)
+            manifest["variants"]["fp32"]["tolerance"] = tolerance.to_dict()
+            padding = kind.padding_effect(golden, tolerance)
+            if padding is not None:  # the provisional bundle shares the model block: its checks see it too
+                manifest["model"]["padding"] = padding
+                if not padding["invariant"]:
+                    source.notes.append(f"PyTorch's own answer for a row moves by {padding['max_abs']:.2g} inside a "
+                                        "padded batch (positions or mixing that ignore the attention mask): each "
+                                        "row is checked alone, and the runtime runs rows one at a time")
         if optimize:
             with stage("optimize: fuse, verify and time graph candidates on onnxruntime CPU"):
                 manifest["optimization"] = _optimize_fp32(provisional, writer, candidates)

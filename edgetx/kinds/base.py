@@ -61,6 +61,21 @@ def stored_batch(inputs: list[dict], data: dict[str, np.ndarray], prefix: str) -
     return {s["name"]: data[f"{prefix}.{s['name']}"] for s in inputs}
 
 
+def rows_per_run(model: dict, batch_size: int) -> int:
+    """How many texts a runtime helper runs together: `batch_size`, or 1 when the model's own output depends on
+    padding (measured in PyTorch at export: the manifest's model.padding), so that a text's answer never
+    depends on the texts it is batched with."""
+    return batch_size if (model.get("padding") or {}).get("invariant", True) else 1
+
+
+def padding_note(model: dict) -> str:
+    """For a rows-alone check's detail: that PyTorch itself answers differently inside a padded batch."""
+    padding = model.get("padding") or {}
+    if padding.get("invariant", True):
+        return ""
+    return f"; PyTorch's own answer moves by {padding['max_abs']:.2g} with padding, so rows run alone at run time"
+
+
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of `fn()` in milliseconds after one untimed warm-up call."""
     fn()
@@ -138,6 +153,21 @@ class ModelKind:
         ok, detail = self.outputs_agree(tolerance, want, got)
         diff = max((metrics.max_abs(want[k], got[k]) for k in want), default=0.0)
         return [Check("golden outputs", ok, diff, f"{', '.join(want)}: {detail}")]
+
+    def alone_vs_batch(self, golden: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """PyTorch's answers for the first rows of the golden padded batch (inside the batch, and each row run
+        alone) at real positions; None when the golden I/O has no rows run alone."""
+        return None
+
+    def padding_effect(self, golden: dict[str, np.ndarray], tolerance: Any) -> dict | None:
+        """How much PyTorch's own answer for a row moves when it runs inside a padded batch rather than alone
+        (the manifest's model.padding). Invariant when within the fp32 tolerance: the graph is then held to
+        give each row the same answer either way; otherwise the runtime helpers run rows one at a time."""
+        pair = self.alone_vs_batch(golden)
+        if pair is None:
+            return None
+        diff = metrics.max_abs(*pair)
+        return {"invariant": bool(diff <= tolerance.max_abs), "max_abs": diff}
 
     def outputs_agree(self, tolerance: Any, want: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> tuple[bool, str]:
         """Two runs on the same input (fixed vs dynamic file, a backend vs ort-cpu) under `tolerance`:

@@ -1,8 +1,8 @@
 """Parity: does a variant, on a backend, give the answers PyTorch gave at export time?
 
 The checks are the model kind's (edgetx.kinds: for a causal LM prefill logits, greedy decoding with the
-KV cache, cache == recompute, a padded batch and padding invariance; for an encoder hidden states, pooled
-embeddings and padding invariance), run against the golden I/O stored in the bundle through the same
+KV cache, cache == recompute, a padded batch and each row alone; for an encoder hidden states, pooled
+embeddings and each row alone), run against the golden I/O stored in the bundle through the same
 `Session` that apps use. Torch-free.
 
 Backends that load fixed-shape files (model_format "onnx-fixed": NPUs, XNNPACK) cannot replay the
