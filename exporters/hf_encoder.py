@@ -26,9 +26,29 @@ ENCODER_SENTENCES = 32
 HEADS = {"ForSequenceClassification": ("sequence-classification", "AutoModelForSequenceClassification", "logits"),
          "ForTokenClassification": ("token-classification", "AutoModelForTokenClassification", "logits")}
 BARE = ("encoder", "AutoModel", "last_hidden_state")
-# model_type -> config attributes set before loading, and why (recorded in the bundle's export notes)
-ADJUSTMENTS = {"modernbert": ({"reference_compile": False}, "ModernBERT's torch.compile of its MLP is turned off "
-                              "(reference_compile=False) so torch.export traces plain ops")}
+
+
+def _no_compiled_modules(config) -> str | None:
+    """A config that asks the model to torch.compile part of itself (ModernBERT's MLP): plain ops for export."""
+    if getattr(config, "reference_compile", None) is not False and hasattr(config, "reference_compile"):
+        config.reference_compile = False
+        return "the model's own torch.compile of its MLP is turned off (reference_compile=False) so torch.export traces plain ops"
+    return None
+
+
+def _default_language(config) -> str | None:
+    """Per-language adapters (X-MOD) chosen by a language id the text inputs do not carry: the first language's."""
+    languages = getattr(config, "languages", None)
+    if languages and hasattr(config, "default_language") and config.default_language is None:
+        config.default_language = list(languages)[0]
+        return (f"language adapters: exported with the default language {config.default_language!r} (the config's "
+                "first; set default_language in config.json for another)")
+    return None
+
+
+# Config edits before loading, each applying where the config has what it is about; each returns its note for the
+# bundle's export notes, or None when it does not apply.
+ADJUSTMENTS = [_no_compiled_modules, _default_language]
 
 
 def is_encoder(config, architecture: str) -> bool:
@@ -131,11 +151,7 @@ def encoder_source(folder, config, tokenizer, tokenizer_files, *, source, source
     """An ExportSource for an encoder-only model, bare or with a classification head."""
     kind, auto_name, output = task_of(config)
     notes = []
-    if config.model_type in ADJUSTMENTS:
-        attributes, why = ADJUSTMENTS[config.model_type]
-        for key, value in attributes.items():
-            setattr(config, key, value)
-        notes.append(why)
+    notes += [note for adjust in ADJUSTMENTS if (note := adjust(config))]
     model = _load(auto_name, folder, config, trust_remote_code, kwargs)
     architecture = type(model).__name__ if kind != BARE[0] else architecture
     names = _input_names(model, config, tokenizer, architecture, folder)
