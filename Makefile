@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS_STAMP := $(VENV)/.model-packages-stamp
 # The other transformers major: .venv has transformers 4.57 (constraints.txt); this one 5.24 (constraints-tf5.txt),
 # an editable install of the same checkout. `make test` runs TESTS_ON_BOTH_MAJORS in it too: the decoders (whose
-# cache API differs between the majors), sliding windows, and the coverage subset (19 decoders, 11 encoders and heads).
+# cache API differs between the majors), sliding windows, and the coverage subset (20 decoders, 12 encoders and heads).
 TF5_VENV  := .cache/venv-tf5
 TF5_STAMP := $(TF5_VENV)/.installed-stamp
 TESTS_ON_BOTH_MAJORS := tests/test_hf.py tests/test_sliding_window.py tests/test_coverage.py

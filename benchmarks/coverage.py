@@ -47,7 +47,7 @@ AUTO_CLASS = {"causal-lm": "AutoModelForCausalLM", "encoder": "AutoModel",
 # Recipes: the build's options. default = edgetx's defaults; fast = fp32 only, no fused candidates (CI).
 RECIPES = {"default": {}, "fast": {"quantize": (), "optimize": False}, "fp32": {"quantize": ()}}
 
-# The representative subset CI runs (tests/test_coverage.py, on both transformers majors): 30 types, decoders of
+# The representative subset CI runs (tests/test_coverage.py, on both transformers majors): 32 types, decoders of
 # each attention/MLP/norm/position style and encoders with each head. Only cells that pass on both majors belong
 # here; the rest are in the full sweep's table.
 SUBSET = {
