@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -39,6 +40,33 @@ def _load_weights(auto_class, folder: Path, **kwargs):
         return _load_weights(auto_class, folder, **kwargs)
     except (OSError, RuntimeError) as e:
         raise _unreadable(folder, e) from None
+
+
+# torch.export's decomposition of a reshape after sdpa attention on some models (T5's relative-bias attention):
+# "Cannot view a tensor with shape ... and strides ...". Eager attention is the same math in plain ops.
+_SDPA_VIEW_FAILURE = "Cannot view a tensor with shape"
+
+
+def export_with_eager_fallback(model, export: Callable[[], None], notes: list[str]) -> None:
+    """Run `export`; if torch.export cannot decompose the model's sdpa attention, switch the model to eager
+    attention (the same math in plain MatMul/Softmax) and export again, saying so in `notes`."""
+    try:
+        export()
+    except Exception as e:
+        chain, cause = [], e
+        while cause is not None:
+            chain.append(str(cause))
+            cause = cause.__cause__ or cause.__context__
+        if model.config._attn_implementation == "eager" or not any(_SDPA_VIEW_FAILURE in c for c in chain):
+            raise
+        model.config._attn_implementation = "eager"
+        for module in model.modules():  # sub-models with configs of their own (an encoder-decoder's halves)
+            config = getattr(module, "config", None)
+            if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
+                config._attn_implementation = "eager"
+        export()
+        notes.append("exported with eager attention: torch.export could not decompose the model's sdpa attention "
+                     "(a reshape of its output); eager is the same math in plain ops")
 
 
 def _unreadable(folder: Path, error: Exception) -> UnsupportedModel:
@@ -114,14 +142,20 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
     model_type = config.model_type
     # GGUF configs name no architectures; the model type's causal-LM class stands in.
     architecture = (config.architectures or [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, type(config).__name__)])[0]
-    if getattr(config, "is_encoder_decoder", False):
-        raise UnsupportedModel(f"{path}: {architecture} (model_type {model_type!r}) is an encoder-decoder model; "
-                               "edgetx exports causal-LM decoders and encoder-only models")
+    from edgetx.exporters.hf_seq2seq import is_seq2seq, seq2seq_source
+
+    if getattr(config, "is_encoder_decoder", False) and not is_seq2seq(config, architecture):
+        raise UnsupportedModel(f"{path}: {architecture} (model_type {model_type!r}) is an encoder-decoder model of a "
+                               "kind edgetx does not export yet; it exports causal-LM decoders, encoder-only models "
+                               "and text-to-text encoder-decoders (transformers' seq2seq LM registry)")
     tokenizer, tokenizer_files = _load_tokenizer(folder, gguf, trust_remote_code)
     common = dict(source=str(path), source_sha256=_sha256(weights), kwargs=kwargs,
                   trust_remote_code=trust_remote_code, architecture=architecture)
     from edgetx.exporters.hf_decoder import decoder_source
     from edgetx.exporters.hf_encoder import encoder_source, is_encoder, refusal
+
+    if is_seq2seq(config, architecture):
+        return seq2seq_source(folder, config, tokenizer, tokenizer_files, **common)
 
     causal_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     # a model type's own causal-LM class (BertGenerationDecoder, ...) is a decoder too

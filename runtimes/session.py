@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.bundle import MANIFEST, Bundle
+from edgetx.bundle.manifest import Variant
 from edgetx.errors import BundleError, InputError
 from edgetx.runtimes.backend import REFERENCE_BACKEND, RunResult, SessionOptions, get_backend
 from edgetx.kinds import ModelKind, get_kind, require_helper
@@ -120,20 +121,27 @@ def _check_values(arrays: dict[str, np.ndarray], limits: Limits, max_length: int
                              f"(model.max_positions), so shorten the input")
 
 
-def check_signature(bundle: Bundle) -> tuple[list[dict], list[dict], Limits, int | None]:
-    """The manifest's io.inputs and io.outputs (their form is checked at load against the manifest schema;
-    here: that they are there, with unique names, and follow the model kind's contract); and the value
-    limits and maximum length its model facts give."""
+def check_signature(bundle: Bundle, component: str | None = None) -> tuple[list[dict], list[dict], Limits, int | None]:
+    """The manifest's io.inputs and io.outputs, or those of one of the model's other graphs (io.components)
+    (their form is checked at load against the manifest schema; here: that they are there, with unique names,
+    and follow the model kind's contract); and the value limits and maximum length its model facts give."""
     where = bundle.path / MANIFEST
+    io, prefix = bundle.io, "io"
+    if component is not None:
+        io, prefix = (bundle.io.get("components") or {}).get(component), f"io.components.{component}"
+        if io is None:
+            raise BundleError(f"{where}: no {prefix} (the model's graphs: "
+                              f"{', '.join(['main', *(bundle.io.get('components') or {})])})")
     lists = []
     for key in ("inputs", "outputs"):
-        specs = bundle.io.get(key)
+        specs = io.get(key)
         if not specs:
-            raise BundleError(f"{where}: io.{key} must be a non-empty list of {{name, dtype, shape}}")
+            raise BundleError(f"{where}: {prefix}.{key} must be a non-empty list of {{name, dtype, shape}}")
         if len({spec["name"] for spec in specs}) != len(specs):
-            raise BundleError(f"{where}: io.{key} names an input or output twice")
+            raise BundleError(f"{where}: {prefix}.{key} names an input or output twice")
         lists.append(specs)
-    if problem := get_kind(bundle.model.get("kind"), where).io_problem(*lists):
+    kind = get_kind(bundle.model.get("kind"), where)
+    if problem := (kind.io_problem(*lists) if component is None else kind.component_io_problem(component, *lists)):
         raise BundleError(f"{where}: {problem}")
     vocab, context = bundle.model.get("vocab_size"), bundle.model.get("max_positions")
     limits: Limits = {"attention_mask": (0, 2, "a mask of 0 (padding) and 1 (token)"),
@@ -153,15 +161,23 @@ class Session:
         outputs = session.run({"input_ids": ids, ...})     # dict of numpy arrays
     """
 
-    def __init__(self, bundle: Bundle | str | os.PathLike, variant: str = "fp32", backend: str = REFERENCE_BACKEND,
-                 threads: int | None = None, verify_hashes: bool = True, graph_optimization: str | None = None):
+    def __init__(self, bundle: Bundle | str | os.PathLike, variant: "str | Variant" = "fp32", backend: str = REFERENCE_BACKEND,
+                 threads: int | None = None, verify_hashes: bool = True, graph_optimization: str | None = None,
+                 component: str | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, verify_hashes=verify_hashes)
-        self.variant = self.bundle.variant(variant)
+        self.variant = self.bundle.variant(variant) if isinstance(variant, str) else variant
         self.backend = get_backend(backend)
-        self.model_path: Path = self.bundle.file(self.variant.file_for(self.backend.capabilities.model_format))
-        self.inputs, self.outputs, self._limits, self._max_length = check_signature(self.bundle)
-        options = SessionOptions(threads=threads, graph_optimization=graph_optimization)
-        self._session = self.backend.create_session(self.model_path, options)
+        self.component_name = component  # None: the variant's main graph; else one of io.components
+        model_format = self.backend.capabilities.model_format
+        if component is not None and model_format != "onnx":
+            raise BundleError(f"{self.bundle.path}: {backend} loads {model_format} files, which edgetx does not make "
+                              f"for a model of several graphs yet (its {component!r} graph); use an onnx backend")
+        self.model_path: Path = self.bundle.file(self.variant.file_for(model_format) if component is None
+                                                 else self.variant.component_file(component))
+        self.inputs, self.outputs, self._limits, self._max_length = check_signature(self.bundle, component)
+        self._options = SessionOptions(threads=threads, graph_optimization=graph_optimization)
+        self._session = self.backend.create_session(self.model_path, self._options)
+        self._components: dict[str, Session] = {}
         self.last_run_seconds: float | None = None
         self._tokenizer: Tokenizer | None = None
         # Float arrays this session returned (e.g. a KV cache passed back as the next step's past)
@@ -178,8 +194,22 @@ class Session:
         return self._session.placement
 
     def close(self) -> None:
-        """Release the backend session (a worker process, ...)."""
+        """Release the backend session (a worker process, ...), and those of the model's other graphs."""
+        for other in self._components.values():
+            other.close()
+        self._components.clear()
         self._session.close()
+
+    def component(self, name: str) -> "Session":
+        """The same variant's `name` graph (io.components: an encoder-decoder's encoder), on the same backend and
+        settings, loaded on first use and closed with this session."""
+        if self.component_name is not None:
+            raise BundleError(f"{self.model_path}: ask the main graph's session for the model's other graphs")
+        if name not in self._components:
+            other = Session(self.bundle, self.variant, self.backend.name, self._options.threads,
+                            graph_optimization=self._options.graph_optimization, component=name)
+            self._components[name] = other
+        return self._components[name]
 
     @property
     def kind(self) -> ModelKind:
@@ -214,6 +244,13 @@ class Session:
         from edgetx.kinds.classifier import tag
 
         return tag(self, texts, batch_size)
+
+    def translate(self, texts: list[str], max_new_tokens: int = 64, batch_size: int = 16) -> list[str]:
+        """Per text of an encoder-decoder bundle (translation, summarisation, ...): its greedy output text."""
+        require_helper(self.kind, "translate", self.bundle.path)
+        from edgetx.kinds.seq2seq import translate
+
+        return translate(self, texts, max_new_tokens, batch_size)
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Validate `feeds` against the manifest, run, and return the outputs by name."""

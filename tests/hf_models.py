@@ -188,3 +188,36 @@ def save_big_decoder(folder: Path, embedding_std: float | None = None, **shape) 
     del model
     gc.collect()
     return nbytes
+
+
+# encoder-decoder families (text to text): model_type -> config overrides beyond the common tiny sizes
+_SEQ2SEQ_COMMON = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                       decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=256)
+SEQ2SEQ = {
+    "bart": _SEQ2SEQ_COMMON,
+    "mbart": _SEQ2SEQ_COMMON,
+    "marian": _SEQ2SEQ_COMMON,
+    "pegasus": _SEQ2SEQ_COMMON,
+    "t5": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4),
+}
+
+
+def save_tiny_seq2seq(model_type: str, folder: Path) -> Path:
+    """Write a random-init encoder-decoder of `model_type` (…ForConditionalGeneration) with the RoBERTa-style
+    tokenizer (<s> 0, <pad> 1, </s> 2) to `folder`; the decoder starts from </s>, as BART's does."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.AutoConfig.for_model(model_type, vocab_size=VOCAB, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+                                     decoder_start_token_id=2, forced_eos_token_id=None, **SEQ2SEQ[model_type])
+    model = tf.AutoModelForSeq2SeqLM.from_config(config)
+    with torch.no_grad():  # a random model would often end at once: make the end token unlikely, outputs long
+        model.get_output_embeddings().weight[config.eos_token_id] = 0.0
+        if getattr(model, "final_logits_bias", None) is not None:
+            model.final_logits_bias[..., config.eos_token_id] = -10.0
+    model.config.architectures = [type(model).__name__]
+    model.generation_config.forced_eos_token_id = None
+    model.save_pretrained(folder, safe_serialization=True)
+    roberta_tokenizer().save_pretrained(folder)
+    return folder

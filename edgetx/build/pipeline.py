@@ -129,14 +129,15 @@ def _release_torch(source) -> None:
     gc.collect()
 
 
-def _optimize_fp32(provisional: Bundle, writer: BundleWriter, candidates: tuple[str, ...] | None = None) -> dict:
-    """Select the fp32 graph by measurement and put the winner at fp32/model.onnx (with its data file, if
-    any: each candidate is written as its own self-contained pair under candidates/NAME/)."""
+def _optimize_fp32(provisional: Bundle, writer: BundleWriter, kind: ModelKind,
+                   candidates: tuple[str, ...] | None = None) -> dict:
+    """Select the fp32 graph by measurement and put the winner's graphs at fp32/ (each with its data file, if
+    any: each candidate is written as its own self-contained files under candidates/NAME/)."""
     from edgetx.build.select import CANDIDATES, select_graph
     from edgetx.passes.files import move, save
 
-    def write(name: str, model) -> str:
-        rel = f"candidates/{name}/model.onnx"
+    def write(name: str, model, graph: str = kind.main_graph) -> str:
+        rel = f"candidates/{name}/{graph}.onnx"
         save(model, writer.path(rel))
         return rel
 
@@ -144,19 +145,23 @@ def _optimize_fp32(provisional: Bundle, writer: BundleWriter, candidates: tuple[
     if unknown:
         raise EdgetxError(f"unknown optimization candidates {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
     chosen = {n: CANDIDATES[n] for n in candidates} if candidates else None
-    selection = select_graph(provisional, "fp32/model.onnx", write, target=REFERENCE_BACKEND, candidates=chosen)
+    fp32 = kind.graph_files("fp32")
+    selection = select_graph(provisional, fp32[kind.main_graph], write, target=REFERENCE_BACKEND, candidates=chosen)
     winner = next(c for c in selection.candidates if c["kept"])
-    move(writer.path(winner["file"]), writer.path("fp32/model.onnx"))
+    move(writer.path(winner["file"]), writer.path(fp32[kind.main_graph]))
+    for graph, rel in (winner.get("components") or {}).items():
+        move(writer.path(rel), writer.path(fp32[graph]))
     shutil.rmtree(writer.path("candidates/x").parent, ignore_errors=True)
     for candidate in selection.candidates:
         candidate.pop("file", None)
+        candidate.pop("components", None)
     return selection.to_dict()
 
 
 def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict, source, kind: ModelKind, schemes,
                        stage) -> None:
     """Add a gated variant per scheme; record every attempt (passed or not) in the manifest."""
-    from edgetx.quant.gates import quantize_gated
+    from edgetx.quant.gates import quantize_gated, quantize_gated_graphs
     from edgetx.quant.schemes import NotApplicable, scheme
     from edgetx.runtimes.session import Session
     from edgetx.verify.parity import verify
@@ -165,13 +170,20 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
     data = source.quant_data()
     writer.save_arrays("quant.npz", data)
     record = manifest["quantization"] = {"data": "quant.npz", "results": {}}
+    fp32 = kind.graph_files("fp32")
     for name in schemes:
         s = scheme(name)
         gate = QUANTIZED[s.precision]
+        files = kind.graph_files(name)
         with stage(f"quantize {name} and check its gate ({kind.tolerance_label(gate.to_dict())})"):
             try:
-                result = quantize_gated(s, writer.path("fp32/model.onnx"), writer.path(f"{name}/model.onnx"),
-                                        kind, manifest["io"]["inputs"], data, manifest["model"])
+                if kind.components:
+                    result = quantize_gated_graphs(s, {g: writer.path(rel) for g, rel in fp32.items()},
+                                                   {g: writer.path(rel) for g, rel in files.items()}, kind,
+                                                   manifest["io"], data, manifest["model"])
+                else:
+                    result = quantize_gated(s, writer.path(fp32[kind.main_graph]), writer.path(files[kind.main_graph]),
+                                            kind, manifest["io"]["inputs"], data, manifest["model"])
             except NotApplicable as e:
                 record["results"][name] = {"scheme": s.to_dict(), "not_applicable": str(e)}
                 continue
@@ -179,7 +191,7 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
         if not result.passed:
             continue
         manifest["variants"][name] = provisional.manifest["variants"][name] = {
-            "precision": s.precision, "file": f"{name}/model.onnx", "scheme": name, "tolerance": gate.to_dict()}
+            "precision": s.precision, **_variant_files(kind, name), "scheme": name, "tolerance": gate.to_dict()}
         with stage(f"verify {name} against the golden I/O and time it"):
             (report,) = verify(provisional, backend=REFERENCE_BACKEND, variants=[name])
             if report.passed:
@@ -194,6 +206,14 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
             manifest["variants"].pop(name, None)
             provisional.manifest["variants"].pop(name, None)
             shutil.rmtree(writer.path(f"{name}/x").parent, ignore_errors=True)
+
+
+def _variant_files(kind: ModelKind, variant: str) -> dict:
+    """A variant's manifest entries naming its files: `file` (the main graph) and, for a model of several
+    graphs, `components`."""
+    files = kind.graph_files(variant)
+    main = files.pop(kind.main_graph)
+    return {"file": main, **({"components": files} if files else {})}
 
 
 def build(model: str | Path | Any | None, out: str | Path, *, force: bool = False, allow_pickle: bool = False,
@@ -225,14 +245,15 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
             source = model if isinstance(model, ExportSource) else \
                 load_source(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
             kind = get_kind(source.kind, f"the exporter of {source.name}")
+        fp32 = _variant_files(kind, "fp32")
         with stage("export fp32 ONNX (torch.onnx, dynamo)"):
             started = time.perf_counter()
-            try:
-                source.export(writer.path("fp32/model.onnx"), OPSET)
+            try:  # a model of several graphs writes the others beside the main one, each <component>.onnx
+                source.export(writer.path(fp32["file"]), OPSET)
             except Exception as e:  # dynamo's errors are long; keep them in a log, say what failed
                 raise _export_failed(source, out, e) from None
             export_seconds = time.perf_counter() - started
-            record.weight_bytes = file_bytes(writer.path("fp32/model.onnx"))
+            record.weight_bytes = sum(file_bytes(writer.path(rel)) for rel in kind.graph_files("fp32").values())
         with stage("capture golden I/O from PyTorch on held-out text"):
             golden, golden_info = source.capture_golden()
             writer.save_arrays("golden.npz", golden)
@@ -250,7 +271,7 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
             "model": source.model,
             "tokenizer": source.tokenizer,
             "io": source.io,
-            "variants": {"fp32": {"precision": "fp32", "file": "fp32/model.onnx"}},
+            "variants": {"fp32": {"precision": "fp32", **fp32}},
             "golden": {"file": "golden.npz", **golden_info,
                        "arrays": {k: list(v.shape) for k, v in golden.items()}},
             "provenance": {"source": source.source, "source_sha256": source.source_sha256,
@@ -271,11 +292,11 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
                                         "row is checked alone, and the runtime runs rows one at a time")
         if optimize:
             with stage("optimize: fuse, verify and time graph candidates on onnxruntime CPU"):
-                manifest["optimization"] = _optimize_fp32(provisional, writer, candidates)
+                manifest["optimization"] = _optimize_fp32(provisional, writer, kind, candidates)
         if kind.graph_edits:
             with stage(kind.graph_edits):
                 passes = kind.graph_passes()
-                log = transform_file(writer.path("fp32/model.onnx"), writer.path("fp32/model.onnx"), passes)
+                log = transform_file(writer.path(fp32["file"]), writer.path(fp32["file"]), passes)
                 manifest["io"]["inputs"] += [dict(spec) for p, record in zip(passes, log) if record["modified"]
                                              for spec in p.adds_inputs]  # the provisional bundle shares io
                 manifest["provenance"]["graph_edits"] = log

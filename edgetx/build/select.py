@@ -102,7 +102,9 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
                  threads: int | None = None) -> Selection:
     """Build each candidate from the bundle's fp32 graph, keep the fastest that passes parity.
 
-    `write(name, model)` stores a candidate in the bundle being built and returns its bundle path;
+    `write(name, model)` stores a candidate in the bundle being built and returns its bundle path (for a model
+    of several graphs, `write(name, model, graph)` for each of the others, whose fp32 files are the fp32
+    variant's `components`: a candidate applies its passes to every graph);
     `timer(session, golden)` returns timings with a `score_ms` (default: the model kind's timing loop;
     injectable for tests).
     """
@@ -114,7 +116,8 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
     golden = bundle.golden()
     tolerance = bundle.variant("fp32").tolerance
     candidates = candidates or CANDIDATES
-    weights = file_bytes(bundle.file(fp32_rel))
+    others = dict(bundle.variant("fp32").components)  # the other graphs of a multi-graph model, if any
+    weights = file_bytes(bundle.file(fp32_rel)) + sum(file_bytes(bundle.file(rel)) for rel in others.values())
     # Interleaved timing keeps every candidate's session open at once: only when they all fit in memory, and
     # never for a model with external data (over EXTERNAL_DATA_BYTES), whose sessions side by side would put
     # the build's peak RSS past its goal of 3x the fp32 weight bytes
@@ -139,15 +142,23 @@ def select_graph(bundle, fp32_rel: str, write: Callable[[str, object], str], *, 
             continue
         try:
             model, log = run(load(bundle.file(fp32_rel)), passes)
+            entry["log"] = log
+            entry["file"] = write(name, model)
+            release(model)  # the pass's working copy: not kept beside the candidate's verification and timing sessions
+            del model
+            for graph, rel in others.items():  # the same passes on each other graph, saved the same way
+                model, graph_log = run(load(bundle.file(rel)), passes)
+                entry.setdefault("component_logs", {})[graph] = graph_log
+                entry.setdefault("components", {})[graph] = write(name, model, graph)
+                release(model)
+                del model
         except Exception as e:  # a pass that cannot handle this graph is a rejected candidate, not a crash
+            entry.pop("log", None)
             entry.update(kept=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
             results.append(entry)
             continue
-        entry["log"] = log
-        entry["file"] = write(name, model)
-        release(model)  # the pass's working copy: not kept beside the candidate's verification and timing sessions
-        del model
-        bundle.manifest["variants"][name] = {"precision": "fp32", "file": entry["file"], "tolerance": tolerance}
+        bundle.manifest["variants"][name] = {"precision": "fp32", "file": entry["file"], "tolerance": tolerance,
+                                             **({"components": entry["components"]} if others else {})}
         try:
             (report,) = verify(bundle, backend=target, variants=[name], threads=threads)
         except EdgetxError as e:  # e.g. onnxruntime rejects a graph the rewriter produced

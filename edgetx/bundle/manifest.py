@@ -155,6 +155,21 @@ class Variant:
     sha256: str | None = None
     bytes: int | None = None
     extra: dict = field(default_factory=dict)
+    # a model of several graphs (an encoder-decoder): each other graph's file by component name (io.components)
+    components: dict[str, str] = field(default_factory=dict)
+
+    def files(self) -> list[str]:
+        """Every ONNX file of this variant: its main graph first, then its other components'."""
+        return [self.file, *self.components.values()]
+
+    def component_file(self, component: str | None) -> str:
+        """The bundle-relative file of one of this variant's graphs (None: the main one)."""
+        if component is None:
+            return self.file
+        if component not in self.components:
+            raise BundleError(f"variant {self.name!r} has no {component!r} graph (it has: "
+                              f"{', '.join(['main', *self.components]) })")
+        return self.components[component]
 
     def file_for(self, model_format: str) -> str:
         """The bundle-relative file of this variant in `model_format` ("onnx" or one of `formats`)."""
@@ -167,10 +182,12 @@ class Variant:
 
     @classmethod
     def from_dict(cls, name: str, entry: dict) -> "Variant":
-        known = {"precision", "file", "parity", "formats", "tolerance", "scheme", "fixed_shape", "sha256", "bytes"}
+        known = {"precision", "file", "parity", "formats", "tolerance", "scheme", "fixed_shape", "sha256", "bytes",
+                 "components"}
         return cls(name, entry.get("precision", "?"), entry["file"], entry.get("parity"), entry.get("formats"),
                    entry.get("tolerance"), entry.get("scheme"), entry.get("fixed_shape"), entry.get("sha256"),
-                   entry.get("bytes"), {k: v for k, v in entry.items() if k not in known})
+                   entry.get("bytes"), {k: v for k, v in entry.items() if k not in known},
+                   dict(entry.get("components") or {}))
 
 
 class Manifest(dict):

@@ -89,6 +89,14 @@ class Bundle:
                 if rel not in files:
                     raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].formats[{fmt!r}] {rel!r} "
                                       "is not listed under 'files' (so its hash cannot be checked)")
+            expected = set((self.manifest["io"].get("components") or {}))
+            for component, rel in (variant.get("components") or {}).items():
+                if rel not in files:
+                    raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].components[{component!r}] "
+                                      f"{rel!r} is not listed under 'files' (so its hash cannot be checked)")
+            if set(variant.get("components") or {}) != expected:
+                raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}] has graphs "
+                                  f"{sorted(variant.get('components') or {})} but io.components names {sorted(expected)}")
             if variant.get("sha256", files[variant["file"]]["sha256"]) != files[variant["file"]]["sha256"]:
                 raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].sha256 disagrees with "
                                   f"files[{variant['file']!r}].sha256; the manifest was edited inconsistently")

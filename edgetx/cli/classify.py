@@ -1,4 +1,5 @@
-"""Running an encoder head: `edgetx classify` (sequence classification) and `edgetx tag` (token classification)."""
+"""Running an encoder head or an encoder-decoder: `edgetx classify` (sequence classification), `edgetx tag` (token
+classification) and `edgetx translate` (text to text)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,34 @@ def tag(bundle: Path, texts: tuple[str, ...], text_file, as_json: bool, variant:
         for word in words:
             table.add_row(str(index), escape(word["word"]), escape(word["label"]), f"{word['score']:.3f}")
     Console().print(table)  # the answer goes to stdout
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option("--file", "text_file", type=click.File("r"), help="Read texts from this file, one per line ('-' = stdin).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout ([{text, output}]) instead of lines.")
+@click.option("-n", "--max-tokens", "max_tokens", default=64, show_default=True, help="Tokens to generate at most.")
+@click.option("--variant", default="fp32", show_default=True)
+@click.option("--backend", default=REFERENCE_BACKEND, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+def translate(bundle: Path, texts: tuple[str, ...], text_file, as_json: bool, max_tokens: int, variant: str,
+              backend: str, batch_size: int) -> None:
+    """Turn each text into the output of an encoder-decoder BUNDLE (T5, BART, Marian, ...): translation,
+    summarisation, whatever the model was trained for. Greedy decoding, one output line per text.
+
+    \b
+    Examples:
+      edgetx translate dist/opus-en-de "The house is small." "It rains today."
+      edgetx translate dist/t5-small "summarize: $(cat article.txt)" -n 128
+      edgetx translate dist/opus-en-de --file sentences.txt --json
+    """
+    from edgetx.runtimes import Session
+
+    items = _texts(texts, text_file)
+    outputs = Session(bundle, variant=variant, backend=backend).translate(items, max_tokens, batch_size)
+    if as_json:
+        click.echo(json.dumps([{"text": t, "output": o} for t, o in zip(items, outputs)]))
+        return
+    for output in outputs:
+        click.echo(output)

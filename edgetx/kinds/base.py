@@ -118,6 +118,15 @@ class ModelKind:
     golden_input: ClassVar[str] = "golden"  # prefix of the golden input arrays (`{prefix}.{input name}`)
     eval_prefix: ClassVar[str] = "eval"  # quant.npz: held-out inputs the gates compare on
     calib_prefix: ClassVar[str] = "calib"  # quant.npz: calibration inputs
+    # A model of several graphs (an encoder-decoder): the main graph's file name in a variant's folder, and the
+    # other graphs' names (io.components, variant.components), each `{variant}/{name}.onnx`. Sessions open the
+    # main graph; the kind reaches the others with `session.component(name)`.
+    main_graph: ClassVar[str] = "model"
+    components: ClassVar[tuple[str, ...]] = ()
+
+    def graph_files(self, variant: str) -> dict[str, str]:
+        """A variant's ONNX files by graph, the main one first: {"model": "fp32/model.onnx"} for one graph."""
+        return {name: f"{variant}/{name}.onnx" for name in (self.main_graph, *self.components)}
 
     # --- the I/O contract -----------------------------------------------------------------------------
 
@@ -128,6 +137,10 @@ class ModelKind:
     def io_problem(self, inputs: list[dict], outputs: list[dict]) -> str | None:
         """What in an I/O signature breaks this kind's graph contract, or None."""
         return None
+
+    def component_io_problem(self, component: str, inputs: list[dict], outputs: list[dict]) -> str | None:
+        """What in one of the other graphs' I/O signature (io.components) breaks the contract, or None."""
+        return None if component in self.components else f"{self.described_as} has no {component!r} graph"
 
     # --- golden I/O and parity ------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from edgetx.kinds import ModelKind, get_kind
 from edgetx.passes.files import file_bytes, move
 from edgetx.progress import log
 from edgetx.quant.apply import apply, prepare_int8_graph, weight_matmuls
-from edgetx.quant.schemes import Scheme, needs_calibration
+from edgetx.quant.schemes import NotApplicable, Scheme, needs_calibration
 from edgetx.quant.sensitivity import sensitivity
 from edgetx.runtimes.backend import REFERENCE_BACKEND, SessionOptions, get_backend
 from edgetx.verify.tolerances import QUANTIZED
@@ -198,4 +198,56 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | Model
                                file_bytes(trial), steps, rewrites)
         if variant.passed:
             move(trial, out_path)  # with its data file, if it has one (both are named model.onnx*)
+    return variant
+
+
+def quantize_gated_graphs(s: Scheme, fp32_paths: dict[str, Path], out_paths: dict[str, Path], kind: ModelKind,
+                          io: dict, data: dict[str, np.ndarray], facts: dict | None = None,
+                          backend: str = REFERENCE_BACKEND) -> GatedVariant:
+    """A model of several graphs (an encoder-decoder): every graph quantized with `s`, then the kind's gate on
+    them together (`kind.gate_metrics` gets {graph: run} for the fp32 reference and the candidate, and the
+    whole io block). One trial: the mixed-precision search of single-graph models does not span graphs yet,
+    so a miss is recorded as such. `out_paths` are written only when the gate passes."""
+    if needs_calibration(s):
+        raise NotApplicable(f"{s.name} calibrates activations, which edgetx does not do across the graphs of an "
+                            "encoder-decoder yet; weight-only and dynamic schemes apply")
+    tolerance = QUANTIZED[s.precision]
+    references = {g: ReferenceOutputs(lambda p=p: get_backend(backend).create_session(p, SessionOptions()))
+                  for g, p in fp32_paths.items()}
+    runs = {g: runner(r) for g, r in references.items()}
+    kind.gate_metrics(runs, runs, io, data, facts or {})  # asks the references every question of the gate
+    for reference in references.values():
+        reference.release()
+    first = next(iter(fp32_paths.values()))
+    with tempfile.TemporaryDirectory(prefix="edgetx-quant-", dir=next(iter(out_paths.values())).parent.parent) as tmp:
+        trials, nodes = {}, 0
+        for graph, path in fp32_paths.items():
+            folder = Path(tmp) / graph
+            folder.mkdir()
+            source = prepare_int8_graph(s, path, folder / "source.onnx", None)[0] if s.method == "dynamic" else path
+            nodes += len(weight_matmuls(source))
+            trials[graph] = folder / out_paths[graph].name  # one basename: a data file keeps its location
+            try:
+                apply(s, source, trials[graph], exclude=[], calibration=None, inputs=None)
+            except EdgetxError:
+                raise
+            except Exception as e:  # onnxruntime.quantization raises plain exceptions
+                raise EdgetxError(f"scheme {s.name} failed on {first.parent.name}/{path.name}: {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:300]}") from None
+        candidates = {g: get_backend(backend).create_session(t, SessionOptions()) for g, t in trials.items()}
+        result = kind.gate_metrics(runs, {g: runner(c) for g, c in candidates.items()}, io, data, facts or {})
+        for candidate in candidates.values():
+            candidate.close()
+        for reference in references.values():
+            reference.release()
+        missed = kind.gate_misses(result, tolerance)
+        size = sum(file_bytes(t) for t in trials.values())
+        steps = [{"kept_fp32": 0, "bytes": size, **result, "missed_by": list(missed)}]
+        if missed:
+            missed.append("mixed precision across the graphs of an encoder-decoder is not searched yet")
+        variant = GatedVariant(s, not missed, result, missed, [], nodes, size, steps)
+        if variant.passed:
+            for graph, trial in trials.items():
+                out_paths[graph].parent.mkdir(parents=True, exist_ok=True)
+                move(trial, out_paths[graph])
     return variant
