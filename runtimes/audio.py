@@ -178,10 +178,13 @@ def _read_flac(path: Path) -> tuple[np.ndarray, int]:
     return _to_mono(samples), int(rate)
 
 
-# The resampler's low-pass filter: a Kaiser-windowed sinc (see `resample`).
-ZERO_CROSSINGS = 56
+# The resampler's low-pass filter, a Kaiser-windowed sinc (see `resample`). Measured response, relative to the lower
+# Nyquist frequency (8 kHz for Whisper): flat within 0.0001 dB to 0.9 of it, -0.1 dB at 0.95, -6 dB at 0.975,
+# -37 dB at 1.0 and -91 dB or less from 1.01 on, so aliases land only in the top 1% of the band (7.92-8 kHz), 37 dB
+# down or more. Whisper's features reach 8 kHz: a cut-off at 0.95 changed a word of an espeak-ng test sentence.
+ZERO_CROSSINGS = 80
 KAISER_BETA = 9.0
-ROLLOFF = 0.95
+ROLLOFF = 0.975
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int = WHISPER_SAMPLE_RATE) -> np.ndarray:
