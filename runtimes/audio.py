@@ -125,6 +125,8 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
                          f"cannot be read here; {ACCEPTED} — convert it, e.g. `ffmpeg -i {path} -c:a pcm_s16le "
                          f"{path.with_name(path.stem + '-pcm.wav')}`")
     present = size - data_at
+    if data_size == 0xFFFFFFFF:  # the size a streaming writer (ffmpeg to a pipe) leaves: the data runs to the end
+        data_size = present
     if data_size > present:
         raise InputError(f"{path}: the WAV data chunk declares {data_size} bytes but only {present} are in the file "
                          f"(it is cut short); copy or export the recording again — {ACCEPTED}")

