@@ -38,14 +38,17 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such audio file; {ACCEPTED}")
-    with open(path, "rb") as file:
-        head = file.read(12)
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        samples, rate = _read_wav(path)
-    elif head[:4] == b"fLaC":
-        samples, rate = _read_flac(path)
-    else:
-        raise _refusal(path, *_describe(path, head))
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+        if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            samples, rate = _read_wav(path)
+        elif head[:4] == b"fLaC":
+            samples, rate = _read_flac(path)
+        else:
+            raise _refusal(path, *_describe(path, head))
+    except OSError as e:  # permissions, a device error: the file itself cannot be read
+        raise InputError(f"{path}: the file cannot be read ({e.strerror or e}); {ACCEPTED}") from None
     _check_rate(path, rate)
     if samples.size == 0:
         raise InputError(f"{path}: the audio holds no samples; give a recording with sound in it — {ACCEPTED}")

@@ -10,6 +10,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transformers import WhisperFeatureExtractor
 from transformers.audio_utils import mel_filter_bank as transformers_mel_filter_bank
 
@@ -311,6 +313,25 @@ def test_unreadable_files_are_refused_in_one_line(tmp_path, name):
         assert "edgetx reads WAV (PCM 8/16/24/32-bit or 32/64-bit float) and FLAC" in message, message
     converts = name in ("song.mp3", "frames.mp3", "voice.ogg", "clip.m4a")  # other media: how to convert it
     assert (f"ffmpeg -i {tmp_path / name} -ar 16000 " in message) == converts, message
+
+
+@settings(deadline=None, database=None, derandomize=True, max_examples=400,
+          suppress_health_check=list(HealthCheck))
+@given(edits=st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.integers(0, 120))
+def test_damaged_wav_headers_give_samples_or_an_input_error(tmp_path_factory, edits, cut):
+    good = write_wav(tmp_path_factory.mktemp("fuzz") / "x.wav", one_second()[:64], before_data=chunk(b"LIST", b"ab"))
+    damaged = bytearray(good.read_bytes())
+    for at, value in edits:  # bytes changed in the headers (the first 80 bytes), then maybe cut short
+        damaged[at] = value
+    good.write_bytes(bytes(damaged[:len(damaged) - cut]))
+    try:
+        samples, rate = audio.read_audio(good)
+    except InputError as e:
+        assert "\n" not in str(e) and str(e).startswith(f"{good}: ")
+    else:
+        assert samples.dtype == np.float32 and samples.ndim == 1 and samples.size and np.abs(samples).max() <= 1.0
+        assert audio.MIN_SAMPLE_RATE <= rate <= audio.MAX_SAMPLE_RATE
 
 
 def test_flac_without_soundfile_names_the_extra(tmp_path):
