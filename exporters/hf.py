@@ -143,11 +143,13 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
     # GGUF configs name no architectures; the model type's causal-LM class stands in.
     architecture = (config.architectures or [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, type(config).__name__)])[0]
     from edgetx.exporters.hf_seq2seq import is_seq2seq, seq2seq_source
+    from edgetx.exporters.hf_speech import is_speech_seq2seq, speech_source
 
-    if getattr(config, "is_encoder_decoder", False) and not is_seq2seq(config, architecture):
+    if getattr(config, "is_encoder_decoder", False) and not is_seq2seq(config, architecture) and \
+            not is_speech_seq2seq(config, architecture):
         raise UnsupportedModel(f"{path}: {architecture} (model_type {model_type!r}) is an encoder-decoder model of a "
-                               "kind edgetx does not export yet; it exports causal-LM decoders, encoder-only models "
-                               "and text-to-text encoder-decoders (transformers' seq2seq LM registry)")
+                               "kind edgetx does not export yet; it exports causal-LM decoders, encoder-only models, "
+                               "and text-to-text and speech-to-text encoder-decoders (transformers' seq2seq registries)")
     tokenizer, tokenizer_files = _load_tokenizer(folder, gguf, trust_remote_code)
     common = dict(source=str(path), source_sha256=_sha256(weights), kwargs=kwargs,
                   trust_remote_code=trust_remote_code, architecture=architecture)
@@ -156,6 +158,8 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
 
     if is_seq2seq(config, architecture):
         return seq2seq_source(folder, config, tokenizer, tokenizer_files, **common)
+    if is_speech_seq2seq(config, architecture):
+        return speech_source(folder, config, tokenizer, tokenizer_files, **common)
 
     causal_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     # a model type's own causal-LM class (BertGenerationDecoder, ...) is a decoder too

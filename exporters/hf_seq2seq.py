@@ -87,16 +87,17 @@ def _d_model(config) -> int:
 
 @torch.no_grad()
 def _spec(model, encode, decode, start: int, encoder_inputs, max_source: int, max_target: int,
-          architecture: str) -> Seq2SeqSpec:
-    """The cache layout from one short run of the model itself (heads and head size of the self and cross caches)."""
-    feeds = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.int64)}
+          architecture: str, probe: dict[str, torch.Tensor] | None = None) -> Seq2SeqSpec:
+    """The cache layout from one short run of the model itself (heads and head size of the self and cross caches);
+    `probe` is the encoder input of that run (default: three tokens)."""
+    feeds = probe or {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.int64)}
     try:
         _, cross = encode(feeds)
         empty = [(torch.zeros(1, cross[0][0].shape[1], 0, cross[0][0].shape[3]),) * 2 for _ in cross]
-        logits, present = decode(torch.tensor([[start]]), feeds["attention_mask"], empty, cross)
+        logits, present = decode(torch.tensor([[start]]), feeds.get("attention_mask"), empty, cross)
     except Exception as e:
         message = " ".join(str(e).split())[:200]
-        raise UnsupportedModel(f"{architecture}: its own PyTorch forward fails on a 3-token input with an "
+        raise UnsupportedModel(f"{architecture}: its own PyTorch forward fails on a short input with an "
                                f"EncoderDecoderCache ({type(e).__name__}: {message})") from None
     if not cross or len(present) != len(cross):
         raise UnsupportedModel(f"{architecture}: {len(cross)} cross-attention and {len(present)} self-attention cache "
@@ -165,7 +166,7 @@ def seq2seq_source(folder, config, tokenizer, tokenizer_files, *, source, source
     def golden():
         texts = sentences[:GOLDEN_SENTENCES]
         steps = min(GOLDEN_STEPS, max_target - 1)
-        return (capture_seq2seq_golden(encode, decode, spec, encode_texts(texts), start, steps),
+        return (capture_seq2seq_golden(encode, decode, spec, encode_texts(texts), [start], steps),
                 {"sentences": texts, "decode_steps": steps})
 
     def quant_data() -> dict[str, np.ndarray]:

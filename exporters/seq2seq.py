@@ -158,14 +158,15 @@ def export_seq2seq(module: torch.nn.Module, spec: Seq2SeqSpec, encode: EncodeFor
 
 @torch.no_grad()
 def greedy(encode: EncodeForward, decode: DecodeForward, spec: Seq2SeqSpec, feeds: dict[str, torch.Tensor],
-           start: int, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PyTorch's greedy decoding with the cache, every row for `steps` tokens (rows that finish keep going: the
-    golden steps are a fixed count): (encoder states, tokens (batch, steps), logits (batch, steps, vocab))."""
+           prompt: list[int], steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's greedy decoding with the cache after the decoder `prompt` (its start token, and e.g. Whisper's
+    language and task tokens), every row for `steps` tokens (rows that finish keep going: the golden steps are a
+    fixed count): (encoder states, tokens (batch, steps), logits (batch, steps, vocab))."""
     hidden, cross = encode(feeds)
     batch = hidden.shape[0]
     mask = feeds.get("attention_mask")
     past = [(torch.zeros(batch, spec.num_heads, 0, spec.head_dim),) * 2 for _ in range(spec.num_layers)]
-    token = torch.full((batch, 1), start, dtype=torch.int64)
+    token = torch.tensor([prompt] * batch, dtype=torch.int64)
     tokens, logits = [], []
     for _ in range(steps):
         out, past = decode(token, mask, past, cross)
@@ -176,14 +177,14 @@ def greedy(encode: EncodeForward, decode: DecodeForward, spec: Seq2SeqSpec, feed
 
 
 def capture_seq2seq_golden(encode: EncodeForward, decode: DecodeForward, spec: Seq2SeqSpec,
-                           batch: dict[str, np.ndarray], start: int, steps: int) -> dict[str, np.ndarray]:
+                           batch: dict[str, np.ndarray], prompt: list[int], steps: int) -> dict[str, np.ndarray]:
     """PyTorch's answers on a padded batch of real inputs: the encoder's states, greedy decoding with the cache
     (tokens and logits per step), and each row decoded alone (`decode.alone_*`: what a graph must give for a
     row whether or not the model is padding-invariant)."""
     feeds = {n: torch.from_numpy(batch[n]) for n, _, _ in spec.encoder_inputs}
-    hidden, tokens, logits = greedy(encode, decode, spec, feeds, start, steps)
+    hidden, tokens, logits = greedy(encode, decode, spec, feeds, prompt, steps)
     golden = {f"encoder.{n}": batch[n] for n, _, _ in spec.encoder_inputs}
-    golden.update({"encoder.last_hidden_state": hidden, "decode.start": np.array([start], np.int64),
+    golden.update({"encoder.last_hidden_state": hidden, "decode.prompt": np.array(prompt, np.int64),
                    "decode.tokens": tokens, "decode.logits": logits})
     alone_tokens, alone_logits = [], []
     for row in range(len(tokens)):
@@ -191,7 +192,7 @@ def capture_seq2seq_golden(encode: EncodeForward, decode: DecodeForward, spec: S
         if "attention_mask" in single:  # the row's real positions only, unpadded
             real = single["attention_mask"][0].bool()
             single = {n: (t[:, real] if t.dim() == 2 else t) for n, t in single.items()}
-        _, row_tokens, row_logits = greedy(encode, decode, spec, single, start, steps)
+        _, row_tokens, row_logits = greedy(encode, decode, spec, single, prompt, steps)
         alone_tokens.append(row_tokens[0])
         alone_logits.append(row_logits[0])
     golden.update({"decode.alone_tokens": np.stack(alone_tokens), "decode.alone_logits": np.stack(alone_logits)})

@@ -252,6 +252,15 @@ class Session:
 
         return translate(self, texts, max_new_tokens, batch_size)
 
+    def transcribe(self, audio, sample_rate: int | None = None, language: str | None = None, task: str | None = None,
+                   max_new_tokens: int | None = None) -> dict:
+        """Text of a speech-recognition bundle (Whisper) for an audio file (WAV, FLAC) or an array of samples:
+        {text, language, task, seconds, segments: [{start, end, text}] per 30 s window}."""
+        require_helper(self.kind, "transcribe", self.bundle.path)
+        from edgetx.kinds.speech import transcribe
+
+        return transcribe(self, audio, sample_rate, language, task, max_new_tokens)
+
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Validate `feeds` against the manifest, run, and return the outputs by name."""
         result = self.run_timed(feeds, output_names)

@@ -1,5 +1,5 @@
 """Running an encoder head or an encoder-decoder: `edgetx classify` (sequence classification), `edgetx tag` (token
-classification) and `edgetx translate` (text to text)."""
+classification), `edgetx translate` (text to text) and `edgetx transcribe` (speech to text)."""
 
 from __future__ import annotations
 
@@ -120,3 +120,36 @@ def translate(bundle: Path, texts: tuple[str, ...], text_file, as_json: bool, ma
         return
     for output in outputs:
         click.echo(output)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--language", help="Spoken language code (e.g. en, de, fr; default: the model's own).")
+@click.option("--task", type=click.Choice(["transcribe", "translate"]), help="Whisper's task (default: the model's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout: per file {file, text, language, task, "
+              "seconds, segments: [{start, end, text}] per 30 s window}.")
+@click.option("-n", "--max-tokens", "max_tokens", type=int, default=None, help="Tokens per 30 s window at most.")
+@click.option("--variant", default="fp32", show_default=True)
+@click.option("--backend", default=REFERENCE_BACKEND, show_default=True)
+def transcribe(bundle: Path, audio: tuple[Path, ...], language: str | None, task: str | None, as_json: bool,
+               max_tokens: int | None, variant: str, backend: str) -> None:
+    """Write down what is said in each AUDIO file (WAV or FLAC, any sample rate) with a speech-recognition
+    BUNDLE (Whisper). Long audio is read in 30 s windows.
+
+    \b
+    Examples:
+      edgetx transcribe dist/whisper-base meeting.wav
+      edgetx transcribe dist/whisper-base interview.flac --language de --json
+      edgetx transcribe dist/whisper-base --variant int8 *.wav
+    """
+    from edgetx.runtimes import Session
+
+    session = Session(bundle, variant=variant, backend=backend)
+    results = [{"file": str(path), **session.transcribe(path, language=language, task=task, max_new_tokens=max_tokens)}
+               for path in audio]
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    for result in results:
+        click.echo(result["text"] if len(results) == 1 else f"{result['file']}: {result['text']}")

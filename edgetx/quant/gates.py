@@ -24,7 +24,7 @@ import numpy as np
 
 from edgetx.errors import EdgetxError
 from edgetx.kinds import ModelKind, get_kind
-from edgetx.passes.files import file_bytes, move
+from edgetx.passes.files import file_bytes, load, move, save
 from edgetx.progress import log
 from edgetx.quant.apply import apply, prepare_int8_graph, weight_matmuls
 from edgetx.quant.schemes import NotApplicable, Scheme, needs_calibration
@@ -204,10 +204,10 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | Model
 def quantize_gated_graphs(s: Scheme, fp32_paths: dict[str, Path], out_paths: dict[str, Path], kind: ModelKind,
                           io: dict, data: dict[str, np.ndarray], facts: dict | None = None,
                           backend: str = REFERENCE_BACKEND) -> GatedVariant:
-    """A model of several graphs (an encoder-decoder): every graph quantized with `s`, then the kind's gate on
-    them together (`kind.gate_metrics` gets {graph: run} for the fp32 reference and the candidate, and the
-    whole io block). One trial: the mixed-precision search of single-graph models does not span graphs yet,
-    so a miss is recorded as such. `out_paths` are written only when the gate passes."""
+    """A model of several graphs (an encoder-decoder): the graphs quantized with `s`, judged together by the kind's
+    gate (`kind.gate_metrics` gets {graph: run} for the fp32 reference and the candidate, and the whole io block).
+    Mixed precision works graph by graph: when every graph quantized misses, each graph alone is tried (the largest
+    first), the others staying fp32, and the first that holds is kept. `out_paths` are written only when it holds."""
     if needs_calibration(s):
         raise NotApplicable(f"{s.name} calibrates activations, which edgetx does not do across the graphs of an "
                             "encoder-decoder yet; weight-only and dynamic schemes apply")
@@ -218,36 +218,48 @@ def quantize_gated_graphs(s: Scheme, fp32_paths: dict[str, Path], out_paths: dic
     kind.gate_metrics(runs, runs, io, data, facts or {})  # asks the references every question of the gate
     for reference in references.values():
         reference.release()
-    first = next(iter(fp32_paths.values()))
     with tempfile.TemporaryDirectory(prefix="edgetx-quant-", dir=next(iter(out_paths.values())).parent.parent) as tmp:
-        trials, nodes = {}, 0
+        quantized, nodes = {}, {}
         for graph, path in fp32_paths.items():
             folder = Path(tmp) / graph
             folder.mkdir()
             source = prepare_int8_graph(s, path, folder / "source.onnx", None)[0] if s.method == "dynamic" else path
-            nodes += len(weight_matmuls(source))
-            trials[graph] = folder / out_paths[graph].name  # one basename: a data file keeps its location
+            nodes[graph] = weight_matmuls(source)
+            quantized[graph] = folder / out_paths[graph].name  # one basename: a data file keeps its location
             try:
-                apply(s, source, trials[graph], exclude=[], calibration=None, inputs=None)
+                apply(s, source, quantized[graph], exclude=[], calibration=None, inputs=None)
             except EdgetxError:
                 raise
             except Exception as e:  # onnxruntime.quantization raises plain exceptions
-                raise EdgetxError(f"scheme {s.name} failed on {first.parent.name}/{path.name}: {type(e).__name__}: "
+                raise EdgetxError(f"scheme {s.name} failed on {path.parent.name}/{path.name}: {type(e).__name__}: "
                                   f"{str(e).splitlines()[0][:300]}") from None
-        candidates = {g: get_backend(backend).create_session(t, SessionOptions()) for g, t in trials.items()}
-        result = kind.gate_metrics(runs, {g: runner(c) for g, c in candidates.items()}, io, data, facts or {})
-        for candidate in candidates.values():
-            candidate.close()
-        for reference in references.values():
-            reference.release()
-        missed = kind.gate_misses(result, tolerance)
-        size = sum(file_bytes(t) for t in trials.values())
-        steps = [{"kept_fp32": 0, "bytes": size, **result, "missed_by": list(missed)}]
-        if missed:
-            missed.append("mixed precision across the graphs of an encoder-decoder is not searched yet")
-        variant = GatedVariant(s, not missed, result, missed, [], nodes, size, steps)
+        by_size = sorted(fp32_paths, key=lambda g: -file_bytes(fp32_paths[g]))
+        trials = [list(fp32_paths)] + ([[g] for g in by_size] if len(fp32_paths) > 1 else [])
+        steps = []
+        for chosen in trials:
+            files = {g: quantized[g] if g in chosen else fp32_paths[g] for g in fp32_paths}
+            candidates = {g: get_backend(backend).create_session(f, SessionOptions()) for g, f in files.items()}
+            result = kind.gate_metrics(runs, {g: runner(c) for g, c in candidates.items()}, io, data, facts or {})
+            for candidate in candidates.values():
+                candidate.close()
+            for reference in references.values():
+                reference.release()
+            missed = kind.gate_misses(result, tolerance)
+            kept = [f"{g}/{n}" for g in fp32_paths if g not in chosen for n in nodes[g]]
+            size = sum(file_bytes(f) for f in files.values())
+            steps.append({"quantized_graphs": chosen, "kept_fp32": len(kept), "bytes": size, **result,
+                          "missed_by": list(missed)})
+            if not missed:
+                break
+        if missed and len(trials) > 1:
+            missed.append("no graph alone holds the gate either (the others in fp32)")
+        total = sum(len(n) for n in nodes.values())
+        variant = GatedVariant(s, not missed, result, missed, kept if not missed else [], total, size, steps)
         if variant.passed:
-            for graph, trial in trials.items():
+            for graph, path in files.items():
                 out_paths[graph].parent.mkdir(parents=True, exist_ok=True)
-                move(trial, out_paths[graph])
+                if graph in chosen:
+                    move(path, out_paths[graph])
+                else:  # an fp32 graph of the mixed variant: its own copy in the variant's folder
+                    save(load(path), out_paths[graph])
     return variant
