@@ -49,9 +49,13 @@ class VisionTask:
 
 
 def _class(name: object) -> type | None:
+    """A transformers class by name; None if there is none, or it cannot be imported here (a missing backend)."""
     import transformers
 
-    return getattr(transformers, name, None) if isinstance(name, str) else None
+    try:
+        return getattr(transformers, name, None) if isinstance(name, str) else None
+    except Exception:  # transformers' lazy module raises for classes whose optional dependency is missing
+        return None
 
 
 def _names(entry: object) -> tuple[str, ...]:

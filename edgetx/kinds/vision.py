@@ -98,7 +98,10 @@ class ImageClassification(_Vision):
     helpers = frozenset({"classify_image"})
     output = "logits"
     unit_of_output = "labels"
-    # measured on the tiny random-init ViT of tests/test_vision.py (hidden 64): see test_full_default_build
+    # static QDQ int8 calibrated on real photos, and dynamic int8. Measured on the tiny random-init ViT (hidden 64,
+    # 48 held-out images; tests/test_vision.py::test_full_default_build_gates_on_real_images): top-1 1.000, KL 0.0015
+    # and 0.0026, no node kept in fp32. int8-static-entropy/-percentile, int8-outliers, int4 (one of 8 MatMuls in fp32)
+    # and fp16 pass too; qdq-a8w8 (every op quantized, for NPUs) misses at top-1 0.875.
     default_schemes = ("int8-static-minmax", "int8")
 
     def parity_checks(self, session: Any, golden: dict[str, np.ndarray], tolerance: Any) -> list[Check]:
@@ -149,6 +152,8 @@ class ImageEncoder(_Vision):
     helpers = frozenset({"embed_image"})
     output = "embeddings"
     unit_of_output = "dim"
+    # measured on the tiny DINOv2 and CLIP towers: int8-static-minmax cosine mean 0.9996 / 0.9991, min 0.998 / 0.995
+    # (DINOv2 with one of 6 MatMuls in fp32); int8 0.9998 / 0.9998; int4 and fp16 pass too
     default_schemes = ("int8-static-minmax", "int8")
 
     def parity_checks(self, session: Any, golden: dict[str, np.ndarray], tolerance: Any) -> list[Check]:
