@@ -134,8 +134,13 @@ def _load(task: VisionTask, folder: Path, config, trust_remote_code: bool, kwarg
 
 def _embedding_from(model, pixels: torch.Tensor, missing: list[str], folder: Path, notes: list[str]) -> str:
     """Which output an image encoder's embeddings are: image_embeds, else pooler_output, else the CLS token."""
-    with torch.no_grad():
-        out = model(pixel_values=pixels)
+    try:
+        with torch.no_grad():
+            out = model(pixel_values=pixels)
+    except Exception as e:  # e.g. a config's image_size that is not the processor's output size
+        raise UnsupportedModel(f"{folder}: {type(model).__name__} does not run on the {pixels.shape[2]}x"
+                               f"{pixels.shape[3]} images its image processor makes ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())[:200]})") from None
     if getattr(out, "image_embeds", None) is not None:
         return "image_embeds"
     pooled = getattr(out, "pooler_output", None)
@@ -215,12 +220,14 @@ def vision_source(folder: Path, config, task: VisionTask, *, source: str, source
 
     notes: list[str] = []
     preprocess, processor, config_file = _preprocessor(folder, trust_remote_code)
-    golden_images = [load_image(p) for p in photos.golden_paths()]
-    pixels = preprocess(golden_images)
+    golden_images = [load_image(p) for p in photos.golden_paths()]  # sizes and aspect ratios of every kind
+    arrays = [preprocess.pixels(image) for image in golden_images]
+    if len({a.shape for a in arrays}) > 1:
+        raise UnsupportedModel(f"{folder}: its image processor keeps each image's aspect ratio (no crop), so photos "
+                               f"come out at {len({a.shape for a in arrays})} different sizes; edgetx exports a graph of "
+                               "fixed H and W (a processor with a crop_size, or a {height, width} size, gives one)")
+    pixels = np.stack(arrays)
     height, width = pixels.shape[2:]
-    if {preprocess.pixels(image).shape for image in photos.variants(photos.CALIBRATION[:1])} != {pixels.shape[1:]}:
-        raise UnsupportedModel(f"{folder}: its image processor keeps each image's aspect ratio (no crop), so images "
-                               "come out at different sizes; edgetx exports a graph of fixed H and W")
     preprocess_diff = _compare(pixels, processor, golden_images, folder)
     model, missing = _load(task, folder, config, trust_remote_code, kwargs, notes)
     exported = type(model).__name__
@@ -237,8 +244,12 @@ def vision_source(folder: Path, config, task: VisionTask, *, source: str, source
         output = "embeddings"
         embedding_from = _embedding_from(model, torch.from_numpy(pixels[:2]), missing, folder, notes)
     wrapper = _Output(model, "logits" if embedding_from is None else embedding_from).eval()
-    with torch.no_grad():
-        width_out = int(wrapper(torch.from_numpy(pixels[:2])).shape[-1])
+    try:
+        with torch.no_grad():
+            width_out = int(wrapper(torch.from_numpy(pixels[:2])).shape[-1])
+    except Exception as e:  # e.g. a config's image_size that is not the processor's output size
+        raise UnsupportedModel(f"{folder}: {exported} does not run on the {height}x{width} images its image processor "
+                               f"makes ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     labels = _labels(config, IMAGE_CLASSIFICATION) if embedding_from is None else None
     if labels is not None and len(labels) != width_out:
         raise UnsupportedModel(f"{folder}: config.num_labels is {len(labels)} but {exported} gives {width_out} logits")

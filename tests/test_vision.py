@@ -113,6 +113,23 @@ def test_transformers_registries_say_which_folders_are_vision_models():
     assert task(tf.LlamaConfig(), "LlamaForCausalLM") is None
 
 
+def test_a_vision_folder_edgetx_cannot_feed_is_refused_before_export(tmp_path):
+    """No processor config, one whose output size follows each photo's aspect ratio, one asking for a step edgetx
+    does not do, one whose images the model cannot take: each a one-line reason, and no bundle."""
+    folder = save_tiny_vision("ViTForImageClassification", tmp_path / "model")
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    for edit, message in [(None, "no preprocessor_config.json"),
+                          ({"size": {"shortest_edge": 32}}, "different sizes; edgetx exports a graph of fixed H and W"),
+                          ({"do_flip_channel_order": True}, "asks for do_flip_channel_order"),
+                          ({"size": {"height": 48, "width": 48}}, "does not run on the 48x48 images its image processor")]:
+        (folder / "preprocessor_config.json").unlink(missing_ok=True)
+        if edit is not None:
+            (folder / "preprocessor_config.json").write_text(json.dumps({**config, **edit}))
+        result = CliRunner().invoke(main, ["build", str(folder), "--out", str(tmp_path / "bundle")])
+        assert result.exit_code == 1 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "bundle").exists()
+
+
 def test_vision_kinds_are_registered_with_their_helpers():
     assert get_kind("image-classification").helpers == {"classify_image"}
     assert get_kind("image-encoder").helpers == {"embed_image"}
