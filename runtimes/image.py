@@ -110,7 +110,7 @@ class ImagePreprocessor:
         """The resize step: to {height, width}, the short side to shortest_edge, or ConvNext's crop_pct rule."""
         c = self.config
         size = _size(c.get("size"), "size")
-        resample = int(c.get("resample", BILINEAR) if c.get("resample") is not None else BILINEAR)
+        resample = BILINEAR if c.get("resample") is None else int(c["resample"])
         if "shortest_edge" in size and c.get("crop_pct") is not None and "do_center_crop" not in c:
             edge = size["shortest_edge"]
             if edge >= 384:  # ConvNextImageProcessor: warp to the square, no crop
