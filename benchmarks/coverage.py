@@ -1,7 +1,8 @@
 """Coverage sweep: how many of transformers' own model types edgetx builds and verifies with defaults.
 
 For each (model type, task) cell taken from transformers' registries — causal LM, base encoders (the
-masked-LM registry's types, exported as the base model), sequence and token classification — make a tiny
+masked-LM registry's types, exported as the base model), sequence and token classification, image
+classification and bare image models (image encoders, saved with their image processor) — make a tiny
 random-init model from the type's config class (standard attributes shrunk through the config's
 attribute_map; sub-configs of composite configs too; a few named per-family tweaks in TWEAKS), save it
 with a real tokenizer (tests/hf_models.py), build it with edgetx (the build runs parity) and read the
@@ -38,18 +39,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks/results"
 CACHE = ROOT / ".cache/coverage"
-TASKS = ("causal-lm", "encoder", "seq-cls", "token-cls")
+TASKS = ("causal-lm", "encoder", "seq-cls", "token-cls", "image-cls", "image-encoder")
 REGISTRY = {"causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "encoder": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
             "seq-cls": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-            "token-cls": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES"}
+            "token-cls": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+            # vision: image-classification heads, and the bare image models transformers registers for image
+            # feature extraction (each saved with the image processor transformers maps to its type)
+            "image-cls": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "image-encoder": "MODEL_FOR_IMAGE_MAPPING_NAMES"}
+VISION_TASKS = ("image-cls", "image-encoder")
 AUTO_CLASS = {"causal-lm": "AutoModelForCausalLM", "encoder": "AutoModel",
               "seq-cls": "AutoModelForSequenceClassification", "token-cls": "AutoModelForTokenClassification"}
 # Recipes: the build's options. default = edgetx's defaults; fast = fp32 only, no fused candidates (CI).
 RECIPES = {"default": {}, "fast": {"quantize": (), "optimize": False}, "fp32": {"quantize": ()}}
 
-# The representative subset CI runs (tests/test_coverage.py, on both transformers majors): 32 types, decoders of
-# each attention/MLP/norm/position style and encoders with each head. Only cells that pass on both majors belong
-# here; the rest are in the full sweep's table.
+# The representative subset CI runs (tests/test_coverage.py, on both transformers majors): 35 types, decoders of
+# each attention/MLP/norm/position style, encoders with each head, and vision models. Only cells that pass on both
+# majors belong here; the rest are in the full sweep's table.
 SUBSET = {
     "causal-lm": ["llama",  # grouped-query attention, rope, RMSNorm, SwiGLU
                   "mistral", "qwen2",  # sliding window; q/k/v biases
@@ -65,6 +70,8 @@ SUBSET = {
                 "convbert"],  # convolutions across padding (not padding-invariant)
     "seq-cls": ["deberta-v2", "distilbert", "data2vec-text"],  # disentangled attention; no token types; RoBERTa-style
     "token-cls": ["deberta", "camembert", "ernie", "flaubert"],  # relative attention; ...; task ids; XLM-style
+    "image-cls": ["vit", "swin"],  # patches + CLS token; shifted windows
+    "image-encoder": ["dinov2"],  # its pooler_output (the normed CLS token) as the embedding
 }
 
 # The standard size attributes, set wherever a config has them (directly or through attribute_map).
@@ -79,10 +86,15 @@ SIZES = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "n
          # encoder-decoder families name each side's sizes (their ...ForCausalLM is the decoder alone)
          "decoder_layers": 2, "encoder_layers": 2, "decoder_attention_heads": 4, "encoder_attention_heads": 4,
          "decoder_ffn_dim": 128, "encoder_ffn_dim": 128}
+# Vision sizes, on top of SIZES wherever a vision config has them: 32-pixel images in 8-pixel patches.
+VISION_SIZES = {"image_size": 32, "patch_size": 8, "embed_dim": 32}
 # Named per-family tweaks: attribute overrides applied after SIZES, for types whose defaults clash with
 # the tiny sizes (documented reason next to each).
 TWEAKS: dict[str, dict] = {
     "funnel": {"block_sizes": [1, 1]},  # its layer count is the sum of block_sizes (num_hidden_layers is derived)
+    # four stages of 2-24 heads (lists, which SIZES leaves alone): two stages of 2 and 4 heads (named as
+    # num_attention_heads too, which attribute_map maps to num_heads), 4-pixel patches and 4-patch windows
+    "swin": {"depths": [1, 1], "num_heads": [2, 4], "num_attention_heads": [2, 4], "patch_size": 4, "window_size": 4},
 }
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id", "decoder_start_token_id")
 
@@ -158,11 +170,13 @@ def _sub_config_class(config_class, key: str, sub_class, probe):
     return type(default) if hasattr(default, "to_dict") and type(default).__name__ != "AutoConfig" else None
 
 
-def _shrink(config_class, tokenizer, overrides: dict, depth: int = 0):
-    """A config of `config_class` with the standard sizes shrunk; composite configs get tiny sub-configs."""
+def _shrink(config_class, tokenizer, overrides: dict, depth: int = 0, sizes: dict | None = None):
+    """A config of `config_class` with the standard sizes shrunk (`sizes`, default SIZES); composite configs get
+    tiny sub-configs."""
     probe = config_class()
     kwargs = {}
-    for name, value in {**SIZES, "vocab_size": len(tokenizer)}.items():
+    sizes = SIZES if sizes is None else sizes
+    for name, value in {**sizes, "vocab_size": len(tokenizer)}.items():
         current = _get(probe, name, _MISSING)
         if current is not _MISSING and not isinstance(current, (dict, list)) and _settable(config_class, name, probe):
             kwargs[name] = value
@@ -180,7 +194,7 @@ def _shrink(config_class, tokenizer, overrides: dict, depth: int = 0):
     for key, sub_class in (getattr(config_class, "sub_configs", None) or {}).items():
         sub_class = _sub_config_class(config_class, key, sub_class, probe)
         if depth < 2 and sub_class is not None:
-            kwargs[key] = _shrink(sub_class, tokenizer, overrides.get(key, {}), depth + 1).to_dict()
+            kwargs[key] = _shrink(sub_class, tokenizer, overrides.get(key, {}), depth + 1, sizes).to_dict()
     kwargs.update({k: v for k, v in overrides.items() if not isinstance(v, dict) or k not in kwargs})
     layers, full_layers = kwargs.get("num_hidden_layers"), _get(probe, "num_hidden_layers")
     representatives = list(range(layers or 0))
@@ -251,9 +265,17 @@ def make_model(model_type: str, task: str, folder: Path, overrides: dict | None 
     from transformers import CONFIG_MAPPING
 
     config_class = CONFIG_MAPPING[model_type]
+    overrides = {**TWEAKS.get(model_type, {}), **(overrides or {})}
+    if task in VISION_TASKS:  # images in: the tiny config and the type's own image processor (tests/vision_models.py)
+        sys.path.insert(0, str(ROOT / "tests"))
+        import vision_models
+
+        tokenizer = _tokenizer("wordpiece")  # a composite config's text side shrinks its vocabulary to it
+        vision_models.save_tiny_vision_type(model_type, task, folder, lambda cls: _shrink(
+            cls, tokenizer, overrides, sizes={**SIZES, **VISION_SIZES}))
+        return
     decoder = task == "causal-lm"
     tokenizer = _tokenizer("bpe" if decoder else "wordpiece")
-    overrides = {**TWEAKS.get(model_type, {}), **(overrides or {})}
     if decoder and model_type in _registry("encoder"):  # an encoder family's causal LM: causal self-attention
         overrides.setdefault("is_decoder", True)
     config = _shrink(config_class, tokenizer, overrides)

@@ -1,9 +1,11 @@
-"""Hugging Face model folders and GGUF files, offline: causal-LM decoders and encoder-only models (+ heads).
+"""Hugging Face model folders and GGUF files, offline: causal-LM decoders, encoder-only models (+ heads) and
+vision models (image classification, image encoders).
 
 The general path: load with transformers, export the model's own forward with dynamo. A
 decoder's cache goes in and out as flat tensors through a `DynamicCache` filled layer by
 layer, so the graph follows the same prefill/decode contract as the reference GPT.
-Decoders are in hf_decoder.py (architecture adjustments: ADJUSTMENTS), encoders in hf_encoder.py.
+Decoders are in hf_decoder.py (architecture adjustments: ADJUSTMENTS), encoders in hf_encoder.py, vision
+models in hf_vision.py (routed before a tokenizer is looked for: they take images).
 Loading is safe: safetensors or GGUF; pickle (`pytorch_model.bin`) only with allow_pickle;
 never remote code unless trust_remote_code is asked for.
 """
@@ -29,10 +31,13 @@ class UnsupportedModel(EdgetxError):
 def _load_weights(auto_class, folder: Path, **kwargs):
     """`auto_class.from_pretrained` in eval mode; weights it cannot read (a damaged file, a pickle that
     weights_only=True refuses) become an edgetx error that names the folder. A model class without sdpa
-    attention is loaded with eager attention (same math, exported as plain MatMul/Softmax)."""
+    attention is loaded with eager attention (same math, exported as plain MatMul/Softmax). With
+    output_loading_info=True it returns (model, info) as from_pretrained does."""
     config = kwargs.get("config")
     try:
-        return auto_class.from_pretrained(folder, **kwargs).eval()
+        loaded = auto_class.from_pretrained(folder, **kwargs)  # (model, loading info) with output_loading_info
+        (loaded[0] if isinstance(loaded, tuple) else loaded).eval()
+        return loaded
     except ValueError as e:
         if config is None or config._attn_implementation != "sdpa" or "attention implementation" not in str(e):
             raise _unreadable(folder, e) from None
@@ -148,8 +153,14 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
     if getattr(config, "is_encoder_decoder", False) and not is_seq2seq(config, architecture) and \
             not is_speech_seq2seq(config, architecture):
         raise UnsupportedModel(f"{path}: {architecture} (model_type {model_type!r}) is an encoder-decoder model of a "
-                               "kind edgetx does not export yet; it exports causal-LM decoders, encoder-only models, "
-                               "and text-to-text and speech-to-text encoder-decoders (transformers' seq2seq registries)")
+                               "kind edgetx does not export yet; it exports causal-LM decoders, encoder-only models and their heads, vision "
+                               "models, and text-to-text and speech-to-text encoder-decoders (transformers' seq2seq registries)")
+    from edgetx.exporters.hf_vision import vision_source, vision_task
+
+    vision = None if gguf else vision_task(config)
+    if vision is not None:  # images in: no tokenizer to load
+        return vision_source(folder, config, vision, source=str(path), source_sha256=_sha256(weights), kwargs=kwargs,
+                             trust_remote_code=trust_remote_code, architecture=architecture)
     tokenizer, tokenizer_files = _load_tokenizer(folder, gguf, trust_remote_code)
     common = dict(source=str(path), source_sha256=_sha256(weights), kwargs=kwargs,
                   trust_remote_code=trust_remote_code, architecture=architecture)

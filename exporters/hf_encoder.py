@@ -209,4 +209,5 @@ def refusal(path: Path, config, architecture: str) -> str:
     """Why a model that is neither a causal LM nor an encoder is refused, in one line."""
     return (f"{path}: {architecture} (model_type {config.model_type!r}) is neither a causal LM (…ForCausalLM) nor an "
             "encoder-only model (transformers lists no masked-LM head for it, or its config is a decoder); edgetx "
-            "exports those two, and encoder heads …ForSequenceClassification / …ForTokenClassification")
+            "exports those two, encoder heads …ForSequenceClassification / …ForTokenClassification, and vision models "
+            "(…ForImageClassification, image encoders)")

@@ -19,7 +19,7 @@ GOLDEN_DECODE_STEPS = 24
 @dataclass
 class ExportSource:
     name: str
-    kind: str  # "causal-lm" or "encoder": picks the parity checks and runtime helpers
+    kind: str  # a registered model kind ("causal-lm", "encoder", "image-classification", ...)
     model: dict  # the manifest's `model` block (architecture facts)
     tokenizer: dict  # the manifest's `tokenizer` block
     io: dict  # the manifest's `io` block (names, dtypes, symbolic shapes)
@@ -34,6 +34,7 @@ class ExportSource:
     quant_data: Callable[[], dict[str, np.ndarray]] | None = None  # held-out eval + calibration inputs
     module: torch.nn.Module | None = None  # the PyTorch model, for `verify --explain --against pytorch`
     run_torch: Callable[[dict[str, np.ndarray]], object] | None = None  # graph feeds -> PyTorch forward
+    preprocessor: dict | None = None  # the manifest's `preprocessor` block (vision: its file is in extra_files)
 
 
 def causal_lm_source(*, name: str, module: torch.nn.Module, forward: CausalLMForward, spec: CausalLMSpec,

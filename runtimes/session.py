@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from edgetx.errors import BundleError, InputError
 from edgetx.runtimes.backend import REFERENCE_BACKEND, RunResult, SessionOptions, get_backend
 from edgetx.kinds import ModelKind, get_kind, require_helper
 from edgetx.runtimes.tokenizer import Tokenizer, tokenizer_for
+
+if TYPE_CHECKING:
+    from edgetx.runtimes.image import ImagePreprocessor
 
 
 def _dim_value(dim: int | str, sizes: dict[str, int]) -> int | None:
@@ -180,6 +184,7 @@ class Session:
         self._components: dict[str, Session] = {}
         self.last_run_seconds: float | None = None
         self._tokenizer: Tokenizer | None = None
+        self._preprocessor: ImagePreprocessor | None = None
         # Float arrays this session returned (e.g. a KV cache passed back as the next step's past)
         # are not re-scanned for NaN/inf: the scan would cost ~7% of a small model's decode step.
         self._returned: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
@@ -223,6 +228,15 @@ class Session:
             self._tokenizer = tokenizer_for(self.bundle)
         return self._tokenizer
 
+    @property
+    def preprocessor(self) -> "ImagePreprocessor":
+        """The bundle's image pre-processing (edgetx.runtimes.image.ImagePreprocessor), loaded on first use."""
+        if self._preprocessor is None:
+            from edgetx.runtimes.image import preprocessor_for
+
+            self._preprocessor = preprocessor_for(self.bundle)
+        return self._preprocessor
+
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Sentence embeddings (len(texts), hidden) float32 of an encoder bundle, pooled as the model's
         sentence-transformers config asks (e.g. mean pooling + L2 normalisation)."""
@@ -260,6 +274,21 @@ class Session:
         from edgetx.kinds.speech import transcribe
 
         return transcribe(self, audio, sample_rate, language, task, max_new_tokens)
+
+    def classify_image(self, images: list, batch_size: int = 32) -> list[dict]:
+        """Per image (a file path, an HxWx3 uint8 array or a PIL image) of an image-classification bundle:
+        {label, score, scores (every label's probability)}; images are pre-processed torch-free as the bundle says."""
+        require_helper(self.kind, "classify_image", self.bundle.path)
+        from edgetx.kinds.vision import classify_image
+
+        return classify_image(self, images, batch_size)
+
+    def embed_image(self, images: list, batch_size: int = 32) -> np.ndarray:
+        """Embeddings (len(images), dim) float32 of an image-encoder bundle (images as for classify_image)."""
+        require_helper(self.kind, "embed_image", self.bundle.path)
+        from edgetx.kinds.vision import embed_image
+
+        return embed_image(self, images, batch_size)
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Validate `feeds` against the manifest, run, and return the outputs by name."""

@@ -270,6 +270,7 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "model": source.model,
             "tokenizer": source.tokenizer,
+            **({"preprocessor": source.preprocessor} if source.preprocessor else {}),
             "io": source.io,
             "variants": {"fp32": {"precision": "fp32", **fp32}},
             "golden": {"file": "golden.npz", **golden_info,

@@ -26,7 +26,7 @@ def _ints(text: str, allow_default: bool = False) -> tuple:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("-p", "--prompt-tokens", default=128, show_default=True, help="Decoders: prompt length.")
 @click.option("-n", "--new-tokens", default=64, show_default=True, help="Decoders: tokens to generate.")
-@click.option("--batch-sizes", default="1,8", show_default=True, help="Encoders: batch sizes.")
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Encoders and vision models: batch sizes.")
 @click.option("--seq-lens", default="128", show_default=True, help="Encoders: sequence lengths.")
 @click.option("--threads", "threads_text", default="default", show_default=True,
               help="Thread counts to sweep, e.g. 1,2 ('default' = the backend's).")

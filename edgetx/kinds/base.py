@@ -336,4 +336,7 @@ def require_helper(kind: ModelKind, helper: str, where: object) -> None:
     if helper in kind.helpers:
         return
     offering = [k.described_as for k in _KINDS.values() if helper in k.helpers]
-    raise InputError(f"{where} holds a {kind.name!r} model; {helper} needs {' or '.join(offering) or 'another kind'}")
+    own = f" (this one offers {', '.join(sorted(kind.helpers))})" if kind.helpers else ""
+    article = "an" if kind.name[:1] in "aeiou" else "a"
+    raise InputError(f"{where} holds {article} {kind.name!r} model; {helper} needs "
+                     f"{' or '.join(offering) or 'another kind'}{own}")

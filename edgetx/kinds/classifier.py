@@ -26,6 +26,69 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return np.exp(metrics.log_softmax(logits)).astype(np.float32)
 
 
+def labelled(labels: list[str], probs: np.ndarray) -> dict:
+    """One row's answer: its label, that label's probability, and every label's probability."""
+    best = int(np.argmax(probs))
+    return {"label": labels[best], "score": float(probs[best]),
+            "scores": {label: float(v) for label, v in zip(labels, probs)}}
+
+
+# --- what every classification head shares (text heads here, image classification in edgetx.kinds.vision) --
+
+def logits_agree(tolerance: Any, want: np.ndarray, got: np.ndarray) -> tuple[bool, float, str]:
+    """(passed, max |diff|, detail): max |diff| for fp32, mean KL of the label distribution when quantized."""
+    diff = metrics.max_abs(want, got)
+    if not np.isfinite(got).all():
+        return False, diff, "NaN or inf in the logits"
+    if tolerance.max_kld is None:
+        return diff <= tolerance.max_abs, diff, f"max |diff| {diff:.2e} (<= {tolerance.max_abs:.2e})"
+    kld = float(metrics.kl_divergence(want, got).mean())
+    return kld <= tolerance.max_kld, diff, f"mean KL {kld:.2e} (<= {tolerance.max_kld:g})"
+
+
+def label_checks(tolerance: Any, want: np.ndarray, got: np.ndarray, unit: str) -> list[Check]:
+    """The "logits" and "labels" parity checks of rows of logits (rows, labels) against PyTorch's."""
+    ok, diff, detail = logits_agree(tolerance, want, got)
+    checks = [Check("logits", ok, diff, f"{len(want)} {unit}: {detail}")]
+    # a label may flip only where PyTorch's top two are closer than the difference allowed
+    ranked = np.sort(want, axis=-1)
+    margin = ranked[:, -1] - ranked[:, -2] if want.shape[-1] > 1 else np.full(len(want), np.inf)
+    clear = margin > 2 * (tolerance.max_abs if tolerance.max_kld is None else 0.0)
+    flips = (np.argmax(want, -1) != np.argmax(got, -1))
+    top1 = metrics.top1_agreement(want, got)
+    ok = tolerance.max_kld is not None or not (flips & clear).any()  # quantized: the gate judges top-1
+    checks.append(Check("labels", ok, float(flips.sum()),
+                        f"top-1 agreement {top1:.3f} over {len(want)} {unit} ({int((flips & clear).sum())} "
+                        f"flips beyond the tolerance)"))
+    return checks
+
+
+def label_gate(want: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """Gate metrics of rows of logits against the fp32 reference's: label agreement and KL of the distribution."""
+    kld = metrics.kl_divergence(want, got)
+    return {"top1": metrics.top1_agreement(want, got), "kld_mean": float(kld.mean()), "kld_max": float(kld.max()),
+            "rows": len(want)}
+
+
+def label_gate_misses(result: dict[str, float], tolerance: Any) -> list[str]:
+    """What missed a label gate, and by how much (empty = passed)."""
+    out = []
+    if result["top1"] < tolerance.min_top1:
+        out.append(f"label agreement {result['top1']:.3f} < {tolerance.min_top1} "
+                   f"(by {tolerance.min_top1 - result['top1']:.3f})")
+    if result["kld_mean"] > tolerance.max_kld:
+        out.append(f"mean KL {result['kld_mean']:.4f} > {tolerance.max_kld} "
+                   f"(by {result['kld_mean'] - tolerance.max_kld:.4f})")
+    return out
+
+
+def label_tolerance_label(tolerance: dict) -> str:
+    """A classification head's bound for tables: max |diff| for fp32, the KL and top-1 gate when quantized."""
+    if tolerance.get("max_kld") is None:
+        return f"{tolerance['max_abs']:.0e}"
+    return f"KL<={tolerance['max_kld']:g}, top-1>={tolerance['min_top1']:g}"
+
+
 class _Classifier(Encoder):
     """What the two heads share; `per_token` says whether logits are per text or per token."""
 
@@ -53,35 +116,13 @@ class _Classifier(Encoder):
         got = session.run(feeds, ["logits"])["logits"]
         return self.rows(golden["batch.logits"], feeds["attention_mask"]), self.rows(got, feeds["attention_mask"])
 
-    def _logits_agree(self, tolerance: Any, want: np.ndarray, got: np.ndarray) -> tuple[bool, float, str]:
-        """(passed, max |diff|, detail): max |diff| for fp32, mean KL of the label distribution when quantized."""
-        diff = metrics.max_abs(want, got)
-        if not np.isfinite(got).all():
-            return False, diff, "NaN or inf in the logits"
-        if tolerance.max_kld is None:
-            return diff <= tolerance.max_abs, diff, f"max |diff| {diff:.2e} (<= {tolerance.max_abs:.2e})"
-        kld = float(metrics.kl_divergence(want, got).mean())
-        return kld <= tolerance.max_kld, diff, f"mean KL {kld:.2e} (<= {tolerance.max_kld:g})"
-
     def parity_checks(self, session: Any, golden: dict[str, np.ndarray], tolerance: Any) -> list[Check]:
         """Logits and labels of a padded batch of real sentences, and each row alone against PyTorch alone."""
         feeds = self.golden_feeds(session.inputs, golden)
         mask = feeds["attention_mask"]
         logits = session.run(feeds, ["logits"])["logits"]
         want, got = self.rows(golden["batch.logits"], mask), self.rows(logits, mask)
-        ok, diff, detail = self._logits_agree(tolerance, want, got)
-        unit = "real tokens" if self.per_token else "sentences"
-        checks = [Check("logits", ok, diff, f"{len(want)} {unit}: {detail}")]
-        # a label may flip only where PyTorch's top two are closer than the difference allowed
-        ranked = np.sort(want, axis=-1)
-        margin = ranked[:, -1] - ranked[:, -2] if want.shape[-1] > 1 else np.full(len(want), np.inf)
-        clear = margin > 2 * (tolerance.max_abs if tolerance.max_kld is None else 0.0)
-        flips = (np.argmax(want, -1) != np.argmax(got, -1))
-        top1 = metrics.top1_agreement(want, got)
-        ok = tolerance.max_kld is not None or not (flips & clear).any()  # quantized: the gate judges top-1
-        checks.append(Check("labels", ok, float(flips.sum()),
-                            f"top-1 agreement {top1:.3f} over {len(want)} {unit} ({int((flips & clear).sum())} "
-                            f"flips beyond the tolerance)"))
+        checks = label_checks(tolerance, want, got, "real tokens" if self.per_token else "sentences")
         real = mask.astype(bool)
         rows = range(min(INVARIANCE_ROWS, mask.shape[0]))
         alone = [session.run({name: value[row : row + 1, real[row]] for name, value in feeds.items()},
@@ -89,7 +130,7 @@ class _Classifier(Encoder):
         if "batch.alone.logits" in golden:
             want_alone = golden["batch.alone.logits"]
             want_rows = [want_alone[row, real[row]] if self.per_token else want_alone[row] for row in rows]
-            ok, diff, detail = self._logits_agree(tolerance, np.concatenate(want_rows).reshape(-1, want.shape[-1]),
+            ok, diff, detail = logits_agree(tolerance, np.concatenate(want_rows).reshape(-1, want.shape[-1]),
                                                   np.concatenate(alone).reshape(-1, want.shape[-1]))
             checks.append(Check("rows alone", ok, diff, f"{len(rows)} rows alone vs PyTorch's rows alone: {detail}"
                                 + padding_note(session.model)))
@@ -110,14 +151,12 @@ class _Classifier(Encoder):
         return (batch[real], alone[real]) if self.per_token else (batch, alone)
 
     def outputs_agree(self, tolerance: Any, want: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> tuple[bool, str]:
-        ok, _, detail = self._logits_agree(tolerance, want["logits"].reshape(-1, want["logits"].shape[-1]),
+        ok, _, detail = logits_agree(tolerance, want["logits"].reshape(-1, want["logits"].shape[-1]),
                                            got["logits"].reshape(-1, got["logits"].shape[-1]))
         return ok, detail
 
     def tolerance_label(self, tolerance: dict) -> str:
-        if tolerance.get("max_kld") is None:
-            return f"{tolerance['max_abs']:.0e}"
-        return f"KL<={tolerance['max_kld']:g}, top-1>={tolerance['min_top1']:g}"
+        return label_tolerance_label(tolerance)
 
     # --- quantization gates ----------------------------------------------------------------------------
 
@@ -127,19 +166,10 @@ class _Classifier(Encoder):
         feeds = stored_batch(inputs, data, self.eval_prefix)
         want = self.rows(reference(feeds)["logits"], feeds["attention_mask"])
         got = self.rows(candidate(feeds)["logits"], feeds["attention_mask"])
-        kld = metrics.kl_divergence(want, got)
-        return {"top1": metrics.top1_agreement(want, got), "kld_mean": float(kld.mean()), "kld_max": float(kld.max()),
-                "rows": len(want), "texts": int(feeds["attention_mask"].shape[0])}
+        return {**label_gate(want, got), "texts": int(feeds["attention_mask"].shape[0])}
 
     def gate_misses(self, result: dict[str, float], tolerance: Any) -> list[str]:
-        out = []
-        if result["top1"] < tolerance.min_top1:
-            out.append(f"label agreement {result['top1']:.3f} < {tolerance.min_top1} "
-                       f"(by {tolerance.min_top1 - result['top1']:.3f})")
-        if result["kld_mean"] > tolerance.max_kld:
-            out.append(f"mean KL {result['kld_mean']:.4f} > {tolerance.max_kld} "
-                       f"(by {result['kld_mean'] - tolerance.max_kld:.4f})")
-        return out
+        return label_gate_misses(result, tolerance)
 
     def gate_score(self, result: dict[str, float]) -> float:
         return result["kld_mean"] + (1.0 - result["top1"])
@@ -198,10 +228,7 @@ def classify(session: Any, texts: list[str], batch_size: int = 32) -> list[dict]
         chunk = texts[start : start + batch_size]
         ids, type_ids = session.tokenizer.encode_batch(chunk, session.model["max_positions"])
         probs = softmax(_logits(session, text_feeds(session, ids, type_ids)))
-        for text, p in zip(chunk, probs):
-            best = int(np.argmax(p))
-            out.append({"text": text, "label": labels[best], "score": float(p[best]),
-                        "scores": {label: float(v) for label, v in zip(labels, p)}})
+        out += [{"text": text, **labelled(labels, p)} for text, p in zip(chunk, probs)]
     return out
 
 

@@ -41,6 +41,22 @@ def pool(hidden: np.ndarray, attention_mask: np.ndarray, config: dict) -> np.nda
     return pooled.astype(np.float32)
 
 
+def embedding_check(tolerance: Any, want: np.ndarray, got: np.ndarray, note: str) -> Check:
+    """The "embeddings" parity check of (rows, dim) embeddings against PyTorch's: max |diff| and cosine per row
+    (min, and mean where the tolerance bounds it)."""
+    cosines = metrics.cosine(want, got)
+    cosine, mean = float(cosines.min()), float(cosines.mean())
+    diff = metrics.max_abs(want, got)
+    ok = cosine >= tolerance.min_cosine and diff <= tolerance.max_abs and mean >= (tolerance.min_cosine_mean or 0)
+    return Check("embeddings", ok, diff, f"cosine min {cosine:.7f} mean {mean:.7f} ({note})")
+
+
+def cosine_gate(want: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """Gate metrics of (rows, dim) embeddings against the fp32 reference's: cosine mean and min, and the row count."""
+    cosines = metrics.cosine(want, got)
+    return {"cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()), "rows": len(cosines)}
+
+
 def embed(session: Any, texts: list[str], batch_size: int = 32) -> np.ndarray:
     """Sentence embeddings (len(texts), hidden) float32 of an encoder session, pooled as the model's
     sentence-transformers config asks (e.g. mean pooling + L2 normalisation)."""
@@ -107,12 +123,9 @@ class Encoder(ModelKind):
         checks = [Check("hidden states", diff <= tolerance.max_abs, diff, f"{mask.shape[0]} sentences, real tokens")]
         pooling = session.model.get("pooling", {})
         embeddings = pool(hidden, feeds["attention_mask"], pooling)
-        cosines = metrics.cosine(golden["batch.embeddings"], embeddings)
-        cosine, mean = float(cosines.min()), float(cosines.mean())
-        diff = metrics.max_abs(golden["batch.embeddings"], embeddings)
-        ok = cosine >= tolerance.min_cosine and diff <= tolerance.max_abs and mean >= (tolerance.min_cosine_mean or 0)
-        checks.append(Check("embeddings", ok, diff, f"cosine min {cosine:.7f} mean {mean:.7f} "
-                            f"({pooling.get('mode', 'mean')} pooling{', normalized' if pooling.get('normalize') else ''})"))
+        checks.append(embedding_check(tolerance, golden["batch.embeddings"], embeddings,
+                                      f"{pooling.get('mode', 'mean')} pooling"
+                                      f"{', normalized' if pooling.get('normalize') else ''}"))
         rows = range(min(INVARIANCE_ROWS, mask.shape[0]))
         alone = []
         for row in rows:
@@ -172,8 +185,8 @@ class Encoder(ModelKind):
         pooling = model.get("pooling") or {}
         ref = pool(reference(feeds)["last_hidden_state"], feeds["attention_mask"], pooling)
         got = pool(candidate(feeds)["last_hidden_state"], feeds["attention_mask"], pooling)
-        cosines = metrics.cosine(ref, got)
-        return {"cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()), "texts": len(cosines)}
+        gate = cosine_gate(ref, got)
+        return {**gate, "texts": gate.pop("rows")}
 
     def gate_summary(self, result: dict[str, float]) -> str:
         return f"cosine mean {result['cosine_mean']:.5f}, min {result['cosine_min']:.5f} ({result['texts']} texts)"

@@ -1,0 +1,116 @@
+"""Tiny random-init Hugging Face vision models (hidden 32-64, 2 layers, 32-pixel images), saved with
+`save_pretrained` beside a REAL preprocessor config: the image processor class's own defaults for that model
+type, with only size/crop set to the tiny image size. Used by tests/test_vision.py and benchmarks/coverage.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+IMAGE = 32  # the graph's H and W
+LABELS = ("tabby cat", "astronaut", "coffee cup", "rocket", "galaxy")
+VIT_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                 image_size=IMAGE, patch_size=8)
+
+
+def processors() -> dict[str, object]:
+    """The slow (PIL) image processor each tested architecture ships with, at the tiny size: name -> processor."""
+    import transformers as tf
+
+    square, crop = {"height": IMAGE, "width": IMAGE}, {"height": IMAGE, "width": IMAGE}
+    return {
+        "ViTImageProcessor": tf.ViTImageProcessor(size=square),
+        "DeiTImageProcessor": tf.DeiTImageProcessor(size={"height": IMAGE + 8, "width": IMAGE + 8}, crop_size=crop),
+        # transformers 5 no longer crops by default (do_center_crop False), 4.57 does: a crop-free size for both
+        "BeitImageProcessor": tf.BeitImageProcessor(size=square, crop_size=crop),
+        "ConvNextImageProcessor": tf.ConvNextImageProcessor(size={"shortest_edge": IMAGE}),  # Swin's; crop_pct 0.875
+        "BitImageProcessor": tf.BitImageProcessor(size={"shortest_edge": IMAGE + 4}, crop_size=crop),  # DINOv2's
+        "CLIPImageProcessor": tf.CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size=crop),
+        "SiglipImageProcessor": tf.SiglipImageProcessor(size=square),
+    }
+
+
+def _configs() -> dict[str, tuple[object, str | None, str]]:
+    """architecture (the class saved) -> (its tiny config, the name of its image processor in `processors()`)."""
+    import transformers as tf
+
+    swin = dict(image_size=IMAGE, patch_size=4, embed_dim=32, depths=[1, 1], num_heads=[2, 4], window_size=4)
+    tower = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                 image_size=IMAGE, patch_size=8)
+    text = dict(vocab_size=384, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=16)
+    return {
+        "ViTForImageClassification": (tf.ViTConfig(**VIT_SIZES), "ViTImageProcessor"),
+        "DeiTForImageClassificationWithTeacher": (tf.DeiTConfig(**VIT_SIZES), "DeiTImageProcessor"),
+        "BeitForImageClassification": (tf.BeitConfig(**VIT_SIZES, use_relative_position_bias=True,
+                                                     use_mean_pooling=True), "BeitImageProcessor"),
+        "SwinForImageClassification": (tf.SwinConfig(**swin), "ConvNextImageProcessor"),
+        "Dinov2Model": (tf.Dinov2Config(**VIT_SIZES), "BitImageProcessor"),
+        "CLIPModel": (tf.CLIPConfig(text_config=text, vision_config=tower, projection_dim=32), "CLIPImageProcessor"),
+        "SiglipModel": (tf.SiglipConfig(text_config=text, vision_config=tower), "SiglipImageProcessor"),
+    }
+
+
+ARCHITECTURES = ("ViTForImageClassification", "DeiTForImageClassificationWithTeacher", "BeitForImageClassification",
+                 "SwinForImageClassification", "Dinov2Model", "CLIPModel", "SiglipModel")
+
+
+def save_tiny_vision(architecture: str, folder: Path, **config_overrides) -> Path:
+    """Write a random-init `architecture` (one of ARCHITECTURES) and its real preprocessor config to `folder`;
+    a classification head gets LABELS and larger weights (labels decided by clear margins, not float noise)."""
+    import torch
+    import transformers as tf
+
+    config, processor = _configs()[architecture]
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    if architecture.endswith(("ForImageClassification", "WithTeacher")):
+        config.num_labels = len(LABELS)
+        config.id2label = dict(enumerate(LABELS))
+        config.label2id = {label: i for i, label in enumerate(LABELS)}
+    torch.manual_seed(0)
+    model = getattr(tf, architecture)(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "classifier" in name and name.endswith("weight"):
+                param.normal_(0, 1.0)
+    model.config.architectures = [architecture]
+    model.save_pretrained(folder, safe_serialization=True)
+    processors()[processor].save_pretrained(folder)
+    return Path(folder)
+
+
+def save_tiny_vision_type(model_type: str, task: str, folder: Path, shrink) -> Path:
+    """For the coverage sweep: a tiny random-init model of any `model_type` for `task` ("image-cls": its
+    image-classification head, "image-encoder": its base model), saved with the (PIL) image processor transformers
+    maps to the type (its defaults, size and crop set to IMAGE; ViTImageProcessor where transformers maps none).
+    `shrink(config_class)` makes the tiny config with image_size IMAGE (benchmarks/coverage.py's)."""
+    import torch
+    import transformers as tf
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto import modeling_auto as auto
+
+    config = shrink(CONFIG_MAPPING[model_type])  # image_size among the sizes it sets
+    if task == "image-cls":
+        config.num_labels = len(LABELS)
+        config.id2label = dict(enumerate(LABELS))
+        config.label2id = {label: i for i, label in enumerate(LABELS)}
+    names = (auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES if task == "image-cls" else auto.MODEL_MAPPING_NAMES)
+    name = names[model_type]
+    name = name[0] if isinstance(name, (list, tuple)) else name
+    torch.manual_seed(0)
+    model = getattr(tf, name)(config).eval()
+    model.config.architectures = [name]
+    model.save_pretrained(folder, safe_serialization=True)
+    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or ()  # 4.x: (slow, fast); 5.x: {"pil": ..., ...}
+    names = [names.get("pil")] + list(names.values()) if isinstance(names, dict) else list(names)
+    processor = getattr(tf, next((n for n in names if n), "ViTImageProcessor"))()
+    size = getattr(processor, "size", None) or {}
+    if "shortest_edge" in size:
+        processor.size = {"shortest_edge": IMAGE}
+    elif "height" in size:
+        processor.size = {"height": IMAGE, "width": IMAGE}
+    if getattr(processor, "crop_size", None):
+        processor.crop_size = {"height": IMAGE, "width": IMAGE}
+    processor.save_pretrained(folder)
+    return Path(folder)
