@@ -153,8 +153,9 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
     if getattr(config, "is_encoder_decoder", False) and not is_seq2seq(config, architecture) and \
             not is_speech_seq2seq(config, architecture):
         raise UnsupportedModel(f"{path}: {architecture} (model_type {model_type!r}) is an encoder-decoder model of a "
-                               "kind edgetx does not export yet; it exports causal-LM decoders, encoder-only models and their heads, vision "
-                               "models, and text-to-text and speech-to-text encoder-decoders (transformers' seq2seq registries)")
+                               "kind edgetx does not export yet; it exports causal-LM decoders, encoder-only models and "
+                               "their heads, vision models, and text-to-text and speech-to-text encoder-decoders "
+                               "(transformers' seq2seq registries)")
     from edgetx.exporters.hf_vision import vision_source, vision_task
 
     vision = None if gguf else vision_task(config)
