@@ -39,21 +39,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks/results"
 CACHE = ROOT / ".cache/coverage"
-TASKS = ("causal-lm", "encoder", "seq-cls", "token-cls", "image-cls", "image-encoder")
+TASKS = ("causal-lm", "encoder", "seq-cls", "token-cls", "seq2seq", "speech-seq2seq", "image-cls", "image-encoder")
 REGISTRY = {"causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "encoder": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
             "seq-cls": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
             "token-cls": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+            # encoder-decoders: text to text, and speech to text (saved with Whisper's feature extractor)
+            "seq2seq": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+            "speech-seq2seq": "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
             # vision: image-classification heads, and the bare image models transformers registers for image
             # feature extraction (each saved with the image processor transformers maps to its type)
             "image-cls": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "image-encoder": "MODEL_FOR_IMAGE_MAPPING_NAMES"}
 VISION_TASKS = ("image-cls", "image-encoder")
 AUTO_CLASS = {"causal-lm": "AutoModelForCausalLM", "encoder": "AutoModel",
-              "seq-cls": "AutoModelForSequenceClassification", "token-cls": "AutoModelForTokenClassification"}
+              "seq-cls": "AutoModelForSequenceClassification", "token-cls": "AutoModelForTokenClassification",
+              "seq2seq": "AutoModelForSeq2SeqLM", "speech-seq2seq": "AutoModelForSpeechSeq2Seq"}
 # Recipes: the build's options. default = edgetx's defaults; fast = fp32 only, no fused candidates (CI).
 RECIPES = {"default": {}, "fast": {"quantize": (), "optimize": False}, "fp32": {"quantize": ()}}
 
-# The representative subset CI runs (tests/test_coverage.py, on both transformers majors): 35 types, decoders of
-# each attention/MLP/norm/position style, encoders with each head, and vision models. Only cells that pass on both
+# The representative subset CI runs (tests/test_coverage.py, on both transformers majors): 38 types, decoders of
+# each attention/MLP/norm/position style, encoders with each head, encoder-decoders (text and speech) and vision models. Only cells that pass on both
 # majors belong here; the rest are in the full sweep's table.
 SUBSET = {
     "causal-lm": ["llama",  # grouped-query attention, rope, RMSNorm, SwiGLU
@@ -70,6 +74,8 @@ SUBSET = {
                 "convbert"],  # convolutions across padding (not padding-invariant)
     "seq-cls": ["deberta-v2", "distilbert", "data2vec-text"],  # disentangled attention; no token types; RoBERTa-style
     "token-cls": ["deberta", "camembert", "ernie", "flaubert"],  # relative attention; ...; task ids; XLM-style
+    "seq2seq": ["t5", "marian"],  # relative position buckets; learned positions, tied embeddings
+    "speech-seq2seq": ["whisper"],  # log-mel features in, the language/task prompt
     "image-cls": ["vit", "swin"],  # patches + CLS token; shifted windows
     "image-encoder": ["dinov2"],  # its pooler_output (the normed CLS token) as the embedding
 }
@@ -275,7 +281,7 @@ def make_model(model_type: str, task: str, folder: Path, overrides: dict | None 
             cls, tokenizer, overrides, sizes={**SIZES, **VISION_SIZES}))
         return
     decoder = task == "causal-lm"
-    tokenizer = _tokenizer("bpe" if decoder else "wordpiece")
+    tokenizer = _tokenizer("bpe" if task in ("causal-lm", "seq2seq", "speech-seq2seq") else "wordpiece")
     if decoder and model_type in _registry("encoder"):  # an encoder family's causal LM: causal self-attention
         overrides.setdefault("is_decoder", True)
     config = _shrink(config_class, tokenizer, overrides)
@@ -286,6 +292,8 @@ def make_model(model_type: str, task: str, folder: Path, overrides: dict | None 
     model.config.architectures = [type(model).__name__]
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    if task == "speech-seq2seq":  # the audio front end edgetx computes: Whisper's log-mel features
+        transformers.WhisperFeatureExtractor(feature_size=getattr(config, "num_mel_bins", 80)).save_pretrained(folder)
 
 
 def _summary(manifest: dict) -> dict:
