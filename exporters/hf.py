@@ -62,7 +62,8 @@ def export_with_eager_fallback(model, export: Callable[[], None], notes: list[st
         while cause is not None:
             chain.append(str(cause))
             cause = cause.__cause__ or cause.__context__
-        if model.config._attn_implementation == "eager" or not any(_SDPA_VIEW_FAILURE in c for c in chain):
+        config = getattr(model, "config", None)
+        if getattr(config, "_attn_implementation", None) != "sdpa" or not any(_SDPA_VIEW_FAILURE in c for c in chain):
             raise
         model.config._attn_implementation = "eager"
         for module in model.modules():  # sub-models with configs of their own (an encoder-decoder's halves)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edgetx.exporters.encoder import EncoderSpec, capture_encoder_golden, export_encoder
-from edgetx.exporters.hf import UnsupportedModel, _load_weights, _special_ids
+from edgetx.exporters.hf import UnsupportedModel, _load_weights, _special_ids, export_with_eager_fallback
 from edgetx.exporters.source import ExportSource
 from edgetx.exporters.texts import docstring_sentences
 
@@ -173,7 +173,7 @@ def encoder_source(folder, config, tokenizer, tokenizer_files, *, source, source
         return {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items() if k in names}
 
     def export(path: Path, opset: int) -> None:
-        export_encoder(model, spec, path, opset)
+        export_with_eager_fallback(model, lambda: export_encoder(model, spec, path, opset), notes)
 
     def quant_data() -> dict[str, np.ndarray]:
         """Held-out sentences: 64 for quantization gates, 32 for calibration (none in the golden set)."""

@@ -43,8 +43,13 @@ def causal_lm_source(*, name: str, module: torch.nn.Module, forward: CausalLMFor
                      calib_ids: list[list[int]] = (), **extra) -> ExportSource:
     """An ExportSource for any causal LM that follows the single-graph prefill/decode contract."""
 
+    notes = extra.setdefault("notes", [])
+
     def export(path: Path, opset: int) -> None:
-        export_causal_lm(module, spec, path, forward=forward, opset=opset)
+        from edgetx.exporters.hf import export_with_eager_fallback
+
+        export_with_eager_fallback(module, lambda: export_causal_lm(module, spec, path, forward=forward, opset=opset),
+                                   notes)
 
     def golden() -> tuple[dict[str, np.ndarray], dict]:
         arrays = capture_golden(forward, spec, prompts, GOLDEN_DECODE_STEPS)
