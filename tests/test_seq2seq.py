@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import run_python
+from conftest import backend_or_skip, run_python
 from hf_models import SEQ2SEQ, save_tiny_seq2seq
 from edgetx.build import build
 from edgetx.bundle import Bundle
@@ -124,6 +124,8 @@ def test_bad_requests_get_edgetx_errors(built, tiny_bundle_master):
         session.kind.golden_feeds(session.inputs, session.bundle.golden())
     result = CliRunner().invoke(main, ["translate", str(bundle.path)])
     assert result.exit_code == 1 and "no texts given" in result.stderr
+    result = CliRunner().invoke(main, ["convert", str(bundle.path), "--to", "ort"])
+    assert result.exit_code == 1 and "several graphs" in result.stderr and "Traceback" not in result.output
     encoder = session.component("encoder")
     with pytest.raises(InputError, match="decoder_input_ids"):
         session.run({"input_ids": np.ones((1, 3), np.int64)})
@@ -138,3 +140,18 @@ def test_a_variant_that_lists_a_graph_twice_or_misses_one_is_refused(tmp_path):
     assert variant.component_file("encoder") == "fp32/encoder.onnx" and variant.component_file(None) == variant.file
     with pytest.raises(EdgetxError, match="no 'vision' graph"):
         variant.component_file("vision")
+
+
+@pytest.mark.slow
+def test_both_graphs_verify_on_arm64_and_web(built):
+    """The encoder and decoder graphs on other backends: aarch64 under QEMU, and onnxruntime-web's wasm in Node."""
+    from edgetx.verify.parity import verify_matrix
+
+    _, bundle = built("marian")
+    for backend in ("arm64", "web"):
+        backend_or_skip(backend)
+    reports = verify_matrix(Bundle.load(bundle.path), backends=["arm64", "web"])
+    assert {r.backend for r in reports} == {"arm64", "web"} and all(r.passed for r in reports), \
+        [(r.backend, [c.detail for c in r.checks if not c.passed]) for r in reports]
+    skipped = verify_matrix(Bundle.load(bundle.path), backends=["ort-format"])
+    assert all("several graphs" in r.skipped for r in skipped)

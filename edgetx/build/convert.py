@@ -39,6 +39,18 @@ USABILITY_EPS = {"NNAPI": "nnapi", "CoreML NeuralNetwork": "coreml_supported_neu
                  "CoreML MLProgram": "coreml_supported_mlprogram_ops.md"}
 
 
+def _one_graph_only(bundle: Bundle, what: str) -> None:
+    """Conversions are per ONNX file and their checks per graph: refuse a model of several graphs, in one line."""
+    from edgetx.kinds import kind_of
+
+    components = bundle.io.get("components") or {}
+    if components:
+        graphs = ", ".join([kind_of(bundle).main_graph, *components])
+        raise EdgetxError(f"{bundle.path}: edgetx does not make {what} of a model of several graphs yet (this "
+                          f"{bundle.model.get('kind')} bundle has {graphs} graphs); its "
+                          "variants run as they are on onnx backends (ort-cpu, arm64, web)")
+
+
 def to_ort(bundle: Bundle, variants: list[str] | None = None) -> dict:
     """Add a `.ort` file beside each (or the named) variant's ONNX file and the bundle's
     required-operators config; record them in the manifest. Returns what was added."""
@@ -46,6 +58,7 @@ def to_ort(bundle: Bundle, variants: list[str] | None = None) -> dict:
 
     from edgetx.passes.files import data_file
 
+    _one_graph_only(bundle, "the ORT format")
     names, too_large = _fit_ort(bundle, variants or list(bundle.variants))
     if not names:
         bundle.update_manifest("mobile", {**bundle.manifest.mobile, "ort_skipped": too_large})
@@ -208,6 +221,7 @@ def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None =
     from edgetx.runtimes.backend import SessionOptions, get_backend
     from edgetx.verify.tolerances import tolerance_for
 
+    _one_graph_only(bundle, "fixed-shape copies")
     results, new_files = {}, {}
     with tempfile.TemporaryDirectory(prefix=".edgetx-fixed-", dir=bundle.path.parent) as tmp:
         for name in variants or list(bundle.variants):

@@ -124,7 +124,9 @@ def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: in
             variant = bundle.variant(name)
             skipped = ""
             model_format, limit = plugin.capabilities.model_format, plugin.capabilities.max_parameters
-            if model_format != "onnx" and model_format not in (variant.formats or {}):
+            if model_format != "onnx" and variant.components:
+                skipped = f"no {model_format} file: edgetx does not make one for a model of several graphs yet"
+            elif model_format != "onnx" and model_format not in (variant.formats or {}):
                 how = "fixed --shape ..." if plugin.capabilities.fixed_shapes else model_format
                 skipped = f"no {model_format} file (edgetx convert {bundle.path} --to {how})"
             elif limit and parameters > limit and not backends:
