@@ -40,7 +40,7 @@ venv: $(STAMP)
 
 $(TF5_STAMP): pyproject.toml constraints-tf5.txt
 	@test -x $(TF5_VENV)/bin/python || $(PYTHON) -m venv $(TF5_VENV)
-	$(TF5_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-tf5.txt -e '.[export,hf,report,dev]'
+	$(TF5_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-tf5.txt -e '.[export,hf,report,dev,audio]'
 	@touch $@
 
 venv-tf5: $(TF5_STAMP)

@@ -12,8 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # The longest test files start first, so that with `pytest -n 2 --dist loadfile` (make test) neither worker is
 # left with a long file at the end: measured seconds on 2 cores, most first.
-LONGEST_FIRST = ("test_real_models.py", "test_big_models.py", "test_coverage.py", "test_gguf_types.py",
-                 "test_hf_encoders.py", "test_hf.py", "test_reference.py", "test_sliding_window.py")
+LONGEST_FIRST = ("test_real_models.py", "test_big_models.py", "test_speech.py", "test_coverage.py", "test_seq2seq.py",
+                 "test_gguf_types.py", "test_hf_encoders.py", "test_hf.py", "test_reference.py", "test_vision.py",
+                 "test_sliding_window.py", "test_whisper_convert.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
