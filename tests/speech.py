@@ -31,15 +31,10 @@ def words(text: str) -> list[str]:
 
 
 def word_errors(reference: str, hypothesis: str) -> int:
-    """Word-level Levenshtein distance: substitutions + deletions + insertions."""
-    ref, hyp = words(reference), words(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, ref_word in enumerate(ref, 1):
-        current = [i]
-        for j, hyp_word in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word)))
-        previous = current
-    return previous[-1]
+    """Word-level Levenshtein distance: substitutions + deletions + insertions (edgetx's own, on the words)."""
+    from edgetx.kinds.speech import word_errors as sequence_errors
+
+    return sequence_errors(words(reference), words(hypothesis))
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:

@@ -183,3 +183,14 @@ def print_mobile(manifest: Manifest) -> None:
                           f"({r['verdict_if_fixed']})", ", ".join(o.split(":")[-1] for o in r["unsupported_ops"][:6])
                           + (" ..." if len(r["unsupported_ops"]) > 6 else ""))
     console.print(table)
+
+
+def write_npy(path, vectors) -> None:
+    """Save vectors to a .npy file atomically (a .partial file renamed into place) and say what was written."""
+    import numpy as np
+
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        np.save(f, vectors)
+    tmp.replace(path)
+    console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {path}")

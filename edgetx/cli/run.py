@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from edgetx.cli.app import main
-from edgetx.cli.render import console
+from edgetx.cli.render import console, write_npy
 from edgetx.errors import EdgetxError
 from edgetx.runtimes.backend import REFERENCE_BACKEND
 
@@ -87,11 +86,7 @@ def embed(bundle: Path, texts: tuple[str, ...], text_file, npy: Path | None, var
     session = Session(bundle, variant=variant, backend=backend)
     vectors = session.embed(items, batch_size=batch_size)
     if npy:
-        tmp = npy.with_name(npy.name + ".partial")
-        with open(tmp, "wb") as f:
-            np.save(f, vectors)
-        tmp.replace(npy)
-        console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {npy}")
+        write_npy(npy, vectors)
     else:
         click.echo(json.dumps([{"text": t, "embedding": [round(float(x), 7) for x in v]}
                                for t, v in zip(items, vectors)]))

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgetx.cli.app import main
-from edgetx.cli.render import console
+from edgetx.cli.render import write_npy
 from edgetx.errors import EdgetxError
 from edgetx.runtimes.backend import REFERENCE_BACKEND
 
@@ -85,11 +85,7 @@ def embed_image(bundle: Path, images: tuple[Path, ...], as_json: bool, variant: 
     paths = _images(images)
     vectors = Session(bundle, variant=variant, backend=backend).embed_image(paths, batch_size)
     if npy:
-        tmp = npy.with_name(npy.name + ".partial")
-        with open(tmp, "wb") as f:
-            np.save(f, vectors)
-        tmp.replace(npy)
-        console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {npy}")
+        write_npy(npy, vectors)
     if as_json:
         click.echo(json.dumps([{"image": str(p), "embedding": [round(float(x), 7) for x in v]}
                                for p, v in zip(paths, vectors)]))

@@ -61,6 +61,16 @@ def stored_batch(inputs: list[dict], data: dict[str, np.ndarray], prefix: str) -
     return {s["name"]: data[f"{prefix}.{s['name']}"] for s in inputs}
 
 
+def distribution_misses(result: dict[str, float], tolerance: Any) -> list[str]:
+    """A next-token gate's misses: mean KL over its bound, top-1 agreement under its (decoders, encoder-decoders)."""
+    out = []
+    if result["kld_mean"] > tolerance.max_kld:
+        out.append(f"mean KL {result['kld_mean']:.4f} > {tolerance.max_kld} (by {result['kld_mean'] - tolerance.max_kld:.4f})")
+    if result["top1"] < tolerance.min_top1:
+        out.append(f"top-1 {result['top1']:.3f} < {tolerance.min_top1} (by {tolerance.min_top1 - result['top1']:.3f})")
+    return out
+
+
 def rows_per_run(model: dict, batch_size: int) -> int:
     """How many texts a runtime helper runs together: `batch_size`, or 1 when the model's own output depends on
     padding (measured in PyTorch at export: the manifest's model.padding), so that a text's answer never

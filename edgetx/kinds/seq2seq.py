@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from edgetx.errors import EdgetxError, InputError
-from edgetx.kinds.base import (BenchTable, ModelKind, ReportAxes, median_ms, padding_note, percentiles, register_kind,
-                               rows_per_run)
+from edgetx.kinds.base import (BenchTable, ModelKind, ReportAxes, distribution_misses, median_ms, padding_note,
+                               percentiles, register_kind, rows_per_run)
 from edgetx.kinds.decoding import PAST_PREFIX, empty_cache, next_cache
 from edgetx.verify import metrics
 from edgetx.verify.report import Check
@@ -241,13 +241,7 @@ class Seq2Seq(ModelKind):
         return [int(model["decoder_start_token_id"])]
 
     def gate_misses(self, result: dict[str, float], tolerance: Any) -> list[str]:
-        out = []
-        if result["kld_mean"] > tolerance.max_kld:
-            out.append(f"mean KL {result['kld_mean']:.4f} > {tolerance.max_kld} "
-                       f"(by {result['kld_mean'] - tolerance.max_kld:.4f})")
-        if result["top1"] < tolerance.min_top1:
-            out.append(f"top-1 {result['top1']:.3f} < {tolerance.min_top1} (by {tolerance.min_top1 - result['top1']:.3f})")
-        return out
+        return distribution_misses(result, tolerance)
 
     def gate_score(self, result: dict[str, float]) -> float:
         return result["kld_mean"]
