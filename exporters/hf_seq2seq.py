@@ -129,9 +129,9 @@ def _generation(folder: Path, config) -> dict:
     except (OSError, ValueError):
         generation = None
     start = getattr(generation, "decoder_start_token_id", None)
-    start = start if start is not None else config.decoder_start_token_id
-    if start is None:
-        start = config.bos_token_id if config.bos_token_id is not None else config.pad_token_id
+    # transformers 5 keeps generation settings off some configs (T5's has no decoder_start_token_id)
+    for source in ("decoder_start_token_id", "bos_token_id", "pad_token_id"):
+        start = start if start is not None else getattr(config, source, None)
     if start is None:
         raise UnsupportedModel(f"{folder}: the config names no decoder_start_token_id (nor a bos or pad token)")
     forced = getattr(generation, "forced_bos_token_id", None) or getattr(config, "forced_bos_token_id", None)
@@ -153,7 +153,7 @@ def seq2seq_source(folder, config, tokenizer, tokenizer_files, *, source, source
     max_source, max_target = _positions(config, tokenizer)
     spec = _spec(model, encode, decode, start, Seq2SeqSpec.encoder_inputs, max_source, max_target, architecture)
     if tokenizer.pad_token_id is None:
-        tokenizer.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+        tokenizer.pad_token_id = getattr(config, "pad_token_id", None) or 0
     sentences = docstring_sentences(GOLDEN_SENTENCES + GATE_SENTENCES + 24)
 
     def encode_texts(texts: list[str]) -> dict[str, np.ndarray]:

@@ -155,3 +155,43 @@ def test_both_graphs_verify_on_arm64_and_web(built):
         [(r.backend, [c.detail for c in r.checks if not c.passed]) for r in reports]
     skipped = verify_matrix(Bundle.load(bundle.path), backends=["ort-format"])
     assert all("several graphs" in r.skipped for r in skipped)
+
+
+@pytest.mark.slow
+def test_a_scheme_that_misses_is_retried_graph_by_graph(built, tmp_path, monkeypatch):
+    """A scheme that misses with both graphs quantized is tried on each graph alone (the larger first), the other
+    staying fp32; every trial is recorded, and files are written only for a trial that holds. The gate's bounds
+    are set around the measured trials (a tiny random model's int4 error is too small to miss a real gate)."""
+    from dataclasses import replace
+
+    from edgetx.kinds import get_kind
+    from edgetx.quant import gates
+    from edgetx.quant.schemes import scheme
+
+    folder, _ = built("bart")
+    bundle = build(folder, tmp_path / "bundle", optimize=False, quantize=("int8-weight-only",))  # keeps quant.npz
+    data = dict(np.load(bundle.file("quant.npz")))
+    fp32 = {g: bundle.file(f"fp32/{g}.onnx") for g in ("decoder", "encoder")}
+    int4 = scheme("int4")
+
+    def run(max_kld: float, folder_name: str):
+        monkeypatch.setitem(gates.QUANTIZED, "int4", replace(gates.QUANTIZED["int4"], max_kld=max_kld))
+        out = {g: tmp_path / folder_name / f"{g}.onnx" for g in fp32}
+        return gates.quantize_gated_graphs(int4, fp32, out, get_kind("seq2seq"), bundle.io, data, bundle.model), out
+
+    nothing, out = run(-1.0, "impossible")  # no KL is below zero: all three trials run and miss
+    trials = [step["quantized_graphs"] for step in nothing.steps]
+    larger = max(fp32, key=lambda g: fp32[g].stat().st_size)
+    assert trials == [["decoder", "encoder"], [larger], [g for g in fp32 if g != larger]], trials
+    assert all({"kld_mean", "top1", "missed_by", "bytes"} <= set(step) for step in nothing.steps)
+    assert not nothing.passed and "no graph alone holds the gate" in nothing.missed_by[-1]
+    assert not any(p.exists() for p in out.values())  # nothing half-written
+
+    both, *alone = (step["kld_mean"] for step in nothing.steps)
+    assert min(alone) < both  # quantizing one graph costs less than quantizing both
+    bound = (both + min(alone)) / 2
+    mixed, out = run(bound, "mixed")
+    chosen = next(t for t, kl in zip(trials[1:], alone) if kl <= bound)
+    assert mixed.passed and mixed.steps[-1]["quantized_graphs"] == chosen and len(mixed.steps) == trials.index(chosen) + 1
+    assert all(p.is_file() for p in out.values()) and mixed.kept_fp32  # the other graph: fp32 copy, named as kept
+    assert out[chosen[0]].stat().st_size < fp32[chosen[0]].stat().st_size  # the chosen graph is the quantized one

@@ -26,13 +26,14 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def whisper(tmp_path_factory):
-    """Whisper base's folder and its bundle: fp32 (unfused: the fused candidates are the encoder-decoder tests')
-    and the int8 schemes, each behind the speech gate."""
+    """Whisper base's folder and its bundle: fp32 (unfused: the fused candidates are the encoder-decoder tests') and
+    int8-weight-only behind the speech gate (dynamic int8 and its graph-by-graph search, measured in the README,
+    cost three gate runs of real speech: the search is tested on a tiny model in test_seq2seq)."""
     import whisper_ct2
 
     folder = whisper_ct2.converted_whisper_base()
     bundle = build(folder, tmp_path_factory.mktemp("whisper") / "bundle", optimize=False,
-                   quantize=("int8", "int8-weight-only"))
+                   quantize=("int8-weight-only",))
     return folder, bundle
 
 
@@ -62,15 +63,12 @@ def test_whisper_bundle_verifies_and_transcribes_like_transformers(whisper):
         assert session.transcribe(clip["file"])["text"] == _transformers_text(folder, clip["file"]), clip["text"]
 
 
-def test_int8_schemes_are_gated_on_word_error_rate(whisper):
+def test_int8_is_gated_on_word_error_rate(whisper):
     _, bundle = whisper
-    results = bundle.manifest["quantization"]["results"]
-    for name, r in results.items():
-        assert {"wer", "words", "kld_mean", "top1"} <= set(r["gate"]) and r["gate"]["words"] >= 60, r["gate"]
-        assert (name in bundle.variants) == (r["gate_passed"] and not r.get("rejected_by_parity")), r
-        if not r["gate_passed"]:
-            assert r["missed_by"] and len(r["mixed_precision_search"]) == 3  # all graphs, then each graph alone
-    assert "int8-weight-only" in bundle.variants and results["int8-weight-only"]["gate"]["wer"] <= 0.05
+    result = bundle.manifest["quantization"]["results"]["int8-weight-only"]
+    assert {"wer", "words", "kld_mean", "top1"} <= set(result["gate"]) and result["gate"]["words"] >= 60, result
+    assert result["gate_passed"] and result["gate"]["wer"] <= 0.05 and "int8-weight-only" in bundle.variants
+    assert result["mixed_precision_search"][0]["quantized_graphs"] == ["decoder", "encoder"]
     reports = verify(Bundle.load(bundle.path))
     assert {r.variant for r in reports} == set(bundle.variants) and all(r.passed for r in reports)
 
