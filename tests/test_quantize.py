@@ -136,6 +136,7 @@ def test_build_records_int4_grid_as_not_applicable(tiny_bundle_master):
     results = Bundle.load(tiny_bundle_master).manifest["quantization"]["results"]
     assert "4-bit block grid" in results["int4-grid"]["not_applicable"]
     assert "int4-grid" not in Bundle.load(tiny_bundle_master).variants
+    assert not (tiny_bundle_master / "int4-grid").exists()  # no empty folder left behind
 
 
 def _grid_graph(path, rng):

@@ -186,9 +186,11 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
                                             kind, manifest["io"]["inputs"], data, manifest["model"])
             except NotApplicable as e:
                 record["results"][name] = {"scheme": s.to_dict(), "not_applicable": str(e)}
+                _drop_if_empty(writer.path(files[kind.main_graph]).parent)
                 continue
         record["results"][name] = result.to_dict()
         if not result.passed:
+            _drop_if_empty(writer.path(files[kind.main_graph]).parent)  # a missed scheme leaves no folder behind
             continue
         manifest["variants"][name] = provisional.manifest["variants"][name] = {
             "precision": s.precision, **_variant_files(kind, name), "scheme": name, "tolerance": gate.to_dict()}
@@ -206,6 +208,12 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
             manifest["variants"].pop(name, None)
             provisional.manifest["variants"].pop(name, None)
             shutil.rmtree(writer.path(f"{name}/x").parent, ignore_errors=True)
+
+
+def _drop_if_empty(folder: Path) -> None:
+    """Remove a variant's folder that nothing was written to (its scheme missed or did not apply)."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _variant_files(kind: ModelKind, variant: str) -> dict:
