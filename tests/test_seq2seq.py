@@ -76,9 +76,10 @@ def test_full_default_build_fuses_both_graphs_and_gates_quantized_variants(tmp_p
     fused = next(c for c in bundle.manifest["optimization"]["candidates"] if c["name"] == "ort-fusions")
     assert fused["parity_passed"] and set(fused["component_logs"]) == {"encoder"}  # the passes ran on both graphs
     results = bundle.manifest["quantization"]["results"]
-    assert set(results) == {"int8", "int8-weight-only", "int4"}
+    assert set(results) == {"int8", "int8-weight-only", "int8-weight-only-a8", "int4"}
     for name, r in results.items():
         assert (name in bundle.variants) == (r["gate_passed"] and not r.get("rejected_by_parity")), r
+        assert (bundle.path / name).is_dir() == (name in bundle.variants)  # a missed scheme leaves no folder
         assert {"kld_mean", "top1", "greedy_agreement"} <= set(r["gate"])
     assert "int8-weight-only" in bundle.variants  # weight-only int8 of a tiny model: KL ~4e-5
     for name in bundle.variants:

@@ -13,7 +13,9 @@ All of them are onnxruntime.quantization underneath:
   the graph as given (what `int8` was before; u8u8 kernels, slow on VNNI/AMX CPUs);
 - `int8-static-{minmax,entropy,percentile}`: static QDQ int8 calibrated on the bundle's real text;
 - `int4`, `int4-sym`, `int4-hqq`, `int8-weight-only`: weight-only MatMulNBits (block size, symmetry,
-  RTN or HQQ; accuracy_level is a parameter, never a silent default);
+  RTN or HQQ; accuracy_level is a parameter, never a silent default); `int8-weight-only-a8` is symmetric
+  8-bit weights run with int8 activations (accuracy_level 4): onnxruntime has no fast 8-bit kernel at
+  level 0, so that is the 8-bit weight-only variant that can be faster than fp32;
 - `int4-grid`: exact int4 for weights already on a 4-bit block grid (de-quantized GGUF Q4_0/Q4_1),
   see edgetx.quant.grid; not applicable to float-trained weights; `int4-grid-a8` is the same weights
   with int8 activations (MatMulNBits accuracy_level 4, the fast kernels) and the Q8_0 lm_head in
@@ -74,6 +76,8 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in [
     Scheme("int8-static-percentile", "int8", "static", {"calibration": "Percentile"}),
     Scheme("int8-weight-only", "int8", "weight-only", {"bits": 8, "block_size": 32, "symmetric": False,
                                                         "algorithm": "rtn", "accuracy_level": 0}),
+    Scheme("int8-weight-only-a8", "int8", "weight-only", {"bits": 8, "block_size": 32, "symmetric": True,
+                                                           "algorithm": "rtn", "accuracy_level": 4}),
     Scheme("int4", "int4", "weight-only", {"bits": 4, "block_size": 32, "symmetric": False, "algorithm": "rtn",
                                            "accuracy_level": 0}),
     Scheme("int4-sym", "int4", "weight-only", {"bits": 4, "block_size": 32, "symmetric": True, "algorithm": "rtn",
