@@ -140,8 +140,9 @@ def print_bench(results: list[dict], kind: ModelKind) -> None:
         return
     for bench_table in kind.bench_rows(results):
         table = Table(title=bench_table.title)
-        for col in bench_table.columns:
-            table.add_column(col)
+        first = max([len(bench_table.columns[0])] + [len(row[0]) for row in bench_table.rows])
+        for i, col in enumerate(bench_table.columns):  # the variant column whole: int8-weight-only vs -a8
+            table.add_column(col, **({"min_width": first, "no_wrap": True} if i == 0 else {}))
         for row in bench_table.rows:
             table.add_row(*row)
         console.print(table)
