@@ -208,6 +208,7 @@ def encoder_source(folder, config, tokenizer, tokenizer_files, *, source, source
 def refusal(path: Path, config, architecture: str) -> str:
     """Why a model that is neither a causal LM nor an encoder is refused, in one line."""
     return (f"{path}: {architecture} (model_type {config.model_type!r}) is neither a causal LM (…ForCausalLM) nor an "
-            "encoder-only model (transformers lists no masked-LM head for it, or its config is a decoder); edgetx "
-            "exports those two, encoder heads …ForSequenceClassification / …ForTokenClassification, and vision models "
+            "encoder-only model (transformers lists no masked-LM head for it, or its config is a decoder) nor an "
+            "encoder-decoder (config.is_encoder_decoder); edgetx exports those, encoder heads …ForSequenceClassification / "
+            "…ForTokenClassification, text-to-text and speech-to-text encoder-decoders, and vision models "
             "(…ForImageClassification, image encoders)")
