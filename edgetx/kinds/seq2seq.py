@@ -156,11 +156,16 @@ class Seq2Seq(ModelKind):
                           "alone (edgetx verify checks both graphs together)")
 
     def primary_output(self, session: Any, golden: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The golden tokens teacher-forced through both graphs: the logits of every step."""
+        """The encoder's states at real positions, and the golden tokens teacher-forced through both graphs (the
+        logits of every step): the fp32 budget measured on them covers both checks held to it."""
         runs, inputs = _runs(session)
         feeds = _encoder_feeds(inputs["encoder"], golden)
-        prompt = golden["decode.prompt"]
-        return golden["decode.logits"], teacher_forced(runs, inputs, feeds, prompt, golden["decode.tokens"])
+        want_states = golden["encoder.last_hidden_state"]
+        mask = feeds.get("attention_mask", np.ones(want_states.shape[:2])).astype(bool)
+        states = runs["encoder"](feeds, ["last_hidden_state"])["last_hidden_state"]
+        forced = teacher_forced(runs, inputs, feeds, golden["decode.prompt"], golden["decode.tokens"])
+        return (np.concatenate([want_states[mask].ravel(), golden["decode.logits"].ravel()]),
+                np.concatenate([states[mask].ravel(), forced.ravel()]))
 
     def parity_checks(self, session: Any, golden: dict[str, np.ndarray], tolerance: Any) -> list[Check]:
         runs, inputs = _runs(session)
