@@ -50,6 +50,7 @@ def _filled(pairs) -> "object":
 def seq2seq_forwards(model, start: int):
     """(encode, decode) over the model's own forward with transformers' EncoderDecoderCache (see module doc)."""
     from transformers import DynamicCache, EncoderDecoderCache
+    from transformers.modeling_outputs import BaseModelOutput  # what every family reads (some index it, some name it)
 
     cache_argument = _cache_argument(model)
     encoder = model.get_encoder()
@@ -60,7 +61,7 @@ def seq2seq_forwards(model, start: int):
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         first = torch.full((hidden.shape[0], 1), start, dtype=torch.int64)
         mask = {"attention_mask": feeds["attention_mask"]} if "attention_mask" in feeds else {}
-        model(decoder_input_ids=first, encoder_outputs=(hidden,), use_cache=True, return_dict=True,
+        model(decoder_input_ids=first, encoder_outputs=BaseModelOutput(last_hidden_state=hidden), use_cache=True, return_dict=True,
               **mask, **{cache_argument: cache})
         return hidden, [(layer.keys, layer.values) for layer in cache.cross_attention_cache.layers]
 
@@ -70,7 +71,7 @@ def seq2seq_forwards(model, start: int):
         batch, src = cross[0][0].shape[0], cross[0][0].shape[2]
         unused = torch.zeros(batch, src, d_model)  # the encoder states: the filled cross cache stands in for them
         mask = {"attention_mask": encoder_attention_mask} if encoder_attention_mask is not None else {}
-        out = model(decoder_input_ids=decoder_input_ids, encoder_outputs=(unused,), use_cache=True,
+        out = model(decoder_input_ids=decoder_input_ids, encoder_outputs=BaseModelOutput(last_hidden_state=unused), use_cache=True,
                     return_dict=True, **mask, **{cache_argument: cache})
         return out.logits, [(layer.keys, layer.values) for layer in cache.self_attention_cache.layers]
 
@@ -78,10 +79,12 @@ def seq2seq_forwards(model, start: int):
 
 
 def _d_model(config) -> int:
-    for name in ("d_model", "hidden_size", "n_embd"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
+    """The encoder states' width: the config's own, else its encoder sub-config's (T5Gemma, EncoderDecoderModel)."""
+    for source in (config, getattr(config, "encoder", None)):
+        for name in ("d_model", "hidden_size", "n_embd"):
+            value = getattr(source, name, None)
+            if isinstance(value, int):
+                return value
     raise UnsupportedModel(f"{config.model_type}: the config names no model width (d_model / hidden_size)")
 
 
