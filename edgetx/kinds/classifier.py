@@ -89,6 +89,13 @@ def label_tolerance_label(tolerance: dict) -> str:
     return f"KL<={tolerance['max_kld']:g}, top-1>={tolerance['min_top1']:g}"
 
 
+def label_accuracy(gate: dict | None) -> tuple[float, dict]:
+    """A label gate's point on the report: top-1 agreement vs fp32 (the reference itself at 1.0), mean KL beside it."""
+    if gate is None:
+        return 1.0, {"mean KL": 0.0}
+    return gate["top1"], {"mean KL": gate["kld_mean"]}
+
+
 class _Classifier(Encoder):
     """What the two heads share; `per_token` says whether logits are per text or per token."""
 
@@ -185,9 +192,7 @@ class _Classifier(Encoder):
         return ReportAxes(f"{unit} label agreement vs fp32 (higher is better)", True, "p50 ms, batch 1")
 
     def report_accuracy(self, gate: dict | None, reference_gates: list[dict], parity: dict | None) -> tuple[float, dict]:
-        if gate is None:
-            return 1.0, {"mean KL": 0.0}
-        return gate["top1"], {"mean KL": gate["kld_mean"]}
+        return label_accuracy(gate)
 
 
 @register_kind

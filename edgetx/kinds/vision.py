@@ -20,8 +20,8 @@ import numpy as np
 from edgetx.errors import BackendError, InputError
 from edgetx.kinds.base import (BenchTable, ModelKind, ReportAxes, percentiles, register_kind, stored_batch,
                                timed_ms)
-from edgetx.kinds.classifier import (label_checks, label_gate, label_gate_misses, label_tolerance_label, labelled,
-                                     logits_agree, softmax)
+from edgetx.kinds.classifier import (label_accuracy, label_checks, label_gate, label_gate_misses, label_tolerance_label,
+                                     labelled, logits_agree, softmax)
 from edgetx.kinds.encoder import cosine_gate, embedding_check
 from edgetx.verify.report import Check
 
@@ -140,9 +140,7 @@ class ImageClassification(_Vision):
         return ReportAxes("image label agreement vs fp32 (higher is better)", True, "p50 ms, batch 1")
 
     def report_accuracy(self, gate: dict | None, reference_gates: list[dict], parity: dict | None) -> tuple[float, dict]:
-        if gate is None:
-            return 1.0, {"mean KL": 0.0}
-        return gate["top1"], {"mean KL": gate["kld_mean"]}
+        return label_accuracy(gate)
 
 
 @register_kind
