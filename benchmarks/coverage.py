@@ -292,8 +292,12 @@ def make_model(model_type: str, task: str, folder: Path, overrides: dict | None 
     model.config.architectures = [type(model).__name__]
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    if task == "speech-seq2seq":  # the audio front end edgetx computes: Whisper's log-mel features
-        transformers.WhisperFeatureExtractor(feature_size=getattr(config, "num_mel_bins", 80)).save_pretrained(folder)
+    if task == "speech-seq2seq":  # the type's own audio front end, as a real folder has it (edgetx computes Whisper's)
+        from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
+
+        name = FEATURE_EXTRACTOR_MAPPING_NAMES.get(model_type, "WhisperFeatureExtractor")
+        options = {"feature_size": getattr(config, "num_mel_bins", 80)} if name == "WhisperFeatureExtractor" else {}
+        getattr(transformers, name)(**options).save_pretrained(folder)
 
 
 def _summary(manifest: dict) -> dict:
