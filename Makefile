@@ -11,9 +11,8 @@ TF5_VENV  := .cache/venv-tf5
 TF5_STAMP := $(TF5_VENV)/.installed-stamp
 TESTS_ON_BOTH_MAJORS := tests/test_hf.py tests/test_sliding_window.py tests/test_coverage.py
 # Two pytest workers (pytest-xdist), a test file at a time each: most of a build is single-threaded Python
-# (torch.export, onnxscript), so two at once use both cores. tests/conftest.py starts the longest files first
-# (--no-loadscope-reorder: xdist would otherwise hand out the files with the most tests first).
-PYTEST := -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+# (torch.export, onnxscript), so two at once use both cores. tests/conftest.py starts the longest files first.
+PYTEST := -m pytest -n 2 --dist loadfile
 # GGUF on 5.x: loading and the grid of every type, and one 4-bit and one 8-bit build (all nine build on 4.57)
 TESTS_FAST_ON_TF5 := tests/test_gguf_types.py
 WHEELS := .cache/wheels
