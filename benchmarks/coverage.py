@@ -39,7 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks/results"
 CACHE = ROOT / ".cache/coverage"
-TASKS = ("causal-lm", "encoder", "seq-cls", "token-cls", "seq2seq", "speech-seq2seq", "image-cls", "image-encoder")
+TASKS = ("causal-lm", "encoder", "seq-cls", "token-cls", "seq2seq", "speech-seq2seq", "image-cls", "image-encoder",
+         "zero-shot")
 REGISTRY = {"causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "encoder": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
             "seq-cls": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
             "token-cls": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
@@ -48,8 +49,10 @@ REGISTRY = {"causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "encoder": "MODEL_
             "speech-seq2seq": "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
             # vision: image-classification heads, and the bare image models transformers registers for image
             # feature extraction (each saved with the image processor transformers maps to its type)
-            "image-cls": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "image-encoder": "MODEL_FOR_IMAGE_MAPPING_NAMES"}
-VISION_TASKS = ("image-cls", "image-encoder")
+            "image-cls": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "image-encoder": "MODEL_FOR_IMAGE_MAPPING_NAMES",
+            # image-text dual encoders (CLIP, SigLIP, ...), saved with a tokenizer too: both towers, zero-shot labels
+            "zero-shot": "MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES"}
+VISION_TASKS = ("image-cls", "image-encoder", "zero-shot")
 AUTO_CLASS = {"causal-lm": "AutoModelForCausalLM", "encoder": "AutoModel",
               "seq-cls": "AutoModelForSequenceClassification", "token-cls": "AutoModelForTokenClassification",
               "seq2seq": "AutoModelForSeq2SeqLM", "speech-seq2seq": "AutoModelForSpeechSeq2Seq"}
@@ -279,6 +282,8 @@ def make_model(model_type: str, task: str, folder: Path, overrides: dict | None 
         tokenizer = _tokenizer("wordpiece")  # a composite config's text side shrinks its vocabulary to it
         vision_models.save_tiny_vision_type(model_type, task, folder, lambda cls: _shrink(
             cls, tokenizer, overrides, sizes={**SIZES, **VISION_SIZES}))
+        if task == "zero-shot":  # its text side: the tokenizer the composite config's vocabulary was shrunk to
+            tokenizer.save_pretrained(folder)
         return
     decoder = task == "causal-lm"
     tokenizer = _tokenizer("bpe" if task in ("causal-lm", "seq2seq", "speech-seq2seq") else "wordpiece")

@@ -160,6 +160,13 @@ def load(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = Fa
     from edgetx.exporters.hf_vision import vision_source, vision_task
 
     vision = None if gguf else vision_task(config)
+    if vision is not None and vision.tower and _has_tokenizer(folder):  # a dual encoder with its text side
+        from edgetx.exporters.hf_zero_shot import zero_shot_source
+
+        tokenizer, tokenizer_files = _load_tokenizer(folder, gguf, trust_remote_code)
+        return zero_shot_source(folder, config, tokenizer, tokenizer_files, source=str(path),
+                                source_sha256=_sha256(weights), kwargs=kwargs, trust_remote_code=trust_remote_code,
+                                architecture=architecture)
     if vision is not None:  # images in: no tokenizer to load
         return vision_source(folder, config, vision, source=str(path), source_sha256=_sha256(weights), kwargs=kwargs,
                              trust_remote_code=trust_remote_code, architecture=architecture)
@@ -202,6 +209,12 @@ def gguf_types(path: Path) -> dict:
         if tensor.name.startswith("blk.") and len(tensor.shape) == 2:
             count["matrix_types"][kind] = count["matrix_types"].get(kind, 0) + 1
     return count
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    """Whether the folder carries a tokenizer (a fast one's tokenizer.json, or the files a slow one reads)."""
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
+                                                       "spiece.model", "vocab.txt"))
 
 
 def _load_tokenizer(folder: Path, gguf: str | None, trust_remote_code: bool):

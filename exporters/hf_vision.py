@@ -7,7 +7,7 @@ Which folders are vision models is read from transformers' own registries (`visi
   -> image-encoder (a folder saved with another head exports its backbone, and says so);
 - a dual encoder (MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES: CLIP, SigLIP, ...): its vision tower
   (`vision_config`), with its projection where transformers has a `...VisionModelWithProjection` class
-  -> image-encoder; the text tower is not exported.
+  -> image-encoder, when the folder has no tokenizer; with one, both towers are exported (edgetx.exporters.hf_zero_shot).
 An image encoder's embeddings are `image_embeds` where the model has them, else `pooler_output`, else the CLS
 token of `last_hidden_state` (model.embedding_from). The folder's preprocessor_config.json, as the slow image
 processor class normalizes it, travels in the bundle (edgetx.runtimes.image runs it torch-free); at export it is
@@ -232,7 +232,8 @@ def vision_source(folder: Path, config, task: VisionTask, *, source: str, source
     model, missing = _load(task, folder, config, trust_remote_code, kwargs, notes)
     exported = type(model).__name__
     if task.tower:
-        notes.append(f"the vision tower of {architecture}: {exported}; its text tower is not exported")
+        notes.append(f"the vision tower of {architecture}: {exported}; the folder has no tokenizer, so its text tower "
+                     "is not exported (save the tokenizer beside it for zero-shot labels)")
     elif exported != architecture:
         notes.append(f"exported as the base model {exported} (the folder's {architecture} without its head)")
     if task.kind == IMAGE_CLASSIFICATION:

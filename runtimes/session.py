@@ -290,6 +290,21 @@ class Session:
 
         return embed_image(self, images, batch_size)
 
+    def embed_text(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Text embeddings (len(texts), dim) float32 of an image-text bundle (CLIP, SigLIP), in its images' space."""
+        require_helper(self.kind, "embed_text", self.bundle.path)
+        from edgetx.kinds.zero_shot import embed_text
+
+        return embed_text(self, texts, batch_size)
+
+    def zero_shot(self, images: list, labels: list[str], template: str | None = None, batch_size: int = 32) -> list[dict]:
+        """Per image of an image-text bundle (CLIP, SigLIP): the best of `labels`, its probability, and every
+        label's ({label, score, scores}); each label is written into `template` (default "This is a photo of {}.")."""
+        require_helper(self.kind, "zero_shot", self.bundle.path)
+        from edgetx.kinds.zero_shot import zero_shot
+
+        return zero_shot(self, images, labels, template, batch_size)
+
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Validate `feeds` against the manifest, run, and return the outputs by name."""
         result = self.run_timed(feeds, output_names)

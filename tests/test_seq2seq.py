@@ -196,3 +196,11 @@ def test_a_scheme_that_misses_is_retried_graph_by_graph(built, tmp_path, monkeyp
     assert mixed.passed and mixed.steps[-1]["quantized_graphs"] == chosen and len(mixed.steps) == trials.index(chosen) + 1
     assert all(p.is_file() for p in out.values()) and mixed.kept_fp32  # the other graph: fp32 copy, named as kept
     assert out[chosen[0]].stat().st_size < fp32[chosen[0]].stat().st_size  # the chosen graph is the quantized one
+    # a static scheme needs each graph's own calibration inputs: the decoder's are what the encoder makes, which the
+    # quant data does not hold, so it does not apply (a dual encoder's towers calibrate: tests/test_vision.py)
+    from edgetx.quant.schemes import NotApplicable
+
+    with pytest.raises(NotApplicable, match="does not do across the graphs of an encoder-decoder"):
+        gates.quantize_gated_graphs(scheme("int8-static-minmax"), fp32, {g: tmp_path / "static" / f"{g}.onnx" for g in fp32},
+                                    get_kind("seq2seq"), bundle.io, data, bundle.model)
+    assert not (tmp_path / "static").exists()

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import run_python
-from vision_models import ARCHITECTURES, LABELS, processors, save_tiny_vision
+from vision_models import ARCHITECTURES, DUAL_ENCODERS, LABELS, processors, save_tiny_dual, save_tiny_vision
 from edgetx.build import build
 from edgetx.bundle import Bundle
 from edgetx.cli import main
@@ -133,6 +133,8 @@ def test_a_vision_folder_edgetx_cannot_feed_is_refused_before_export(tmp_path):
 def test_vision_kinds_are_registered_with_their_helpers():
     assert get_kind("image-classification").helpers == {"classify_image"}
     assert get_kind("image-encoder").helpers == {"embed_image"}
+    assert get_kind("zero-shot-image-classification").helpers == {"embed_image", "embed_text", "zero_shot"}
+    assert get_kind("zero-shot-image-classification").components == ("text",)
     pixels = [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
     logits = [{"name": "logits", "dtype": "float32", "shape": ["batch", 5]}]
     assert get_kind("image-classification").io_problem(pixels, logits) is None
@@ -143,13 +145,13 @@ def test_vision_kinds_are_registered_with_their_helpers():
 
 def test_runtime_image_path_imports_without_torch():
     result = run_python("import sys; sys.modules['torch'] = None\n"
-                        "import edgetx.runtimes.image, edgetx.kinds.vision, edgetx.cli.vision\n"
+                        "import edgetx.runtimes.image, edgetx.kinds.vision, edgetx.kinds.zero_shot, edgetx.cli.vision\n"
                         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]")
     assert result.returncode == 0, result.stderr
 
 
 def test_vision_verbs_help_shows_examples():
-    for verb in ("classify-image", "embed-image"):
+    for verb in ("classify-image", "embed-image", "zero-shot"):
         result = CliRunner().invoke(main, [verb, "--help"])
         assert result.exit_code == 0 and f"edgetx {verb} dist/" in result.output and "--json" in result.output
 
@@ -329,3 +331,141 @@ def test_full_default_build_gates_on_real_images(tmp_path):
     result = runner.invoke(main, ["convert", str(bundle.path), "--to", "fixed", "--shape", "batch=1", "--variant", "fp32"])
     assert result.exit_code == 0, result.output
     assert Bundle.load(bundle.path).variant("fp32").fixed_shape["dims"] == {"batch": 1}
+
+
+# --- image-text dual encoders (CLIP, SigLIP saved with their tokenizer): both towers, zero-shot labels -------------
+
+PROMPT_LABELS = ["a cat", "an astronaut", "a rocket", "a cup of coffee"]
+
+
+@pytest.fixture(scope="module")
+def dual(tmp_path_factory):
+    """architecture -> (model folder, bundle): fp32 only, unfused (the default build is its own test)."""
+    cache = {}
+
+    def get(architecture: str):
+        if architecture not in cache:
+            root = tmp_path_factory.mktemp(f"dual-{architecture}")
+            folder = save_tiny_dual(architecture, root / "model")
+            cache[architecture] = folder, build(folder, root / "bundle", optimize=False, quantize=())
+        return cache[architecture]
+
+    return get
+
+
+@torch.no_grad()
+def _pytorch_zero_shot(folder: Path, paths: list[Path], texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image features, text features, label probabilities) as transformers' zero-shot pipeline computes them: the
+    slow processor, the tokenizer padded as the pipeline pads it (SigLIP: to the full length), the model's own
+    logits_per_image, a softmax (a sigmoid for SigLIP)."""
+    import transformers as tf
+
+    model = tf.AutoModelForZeroShotImageClassification.from_pretrained(folder, dtype=torch.float32).eval()
+    siglip = model.config.model_type == "siglip"
+    pixels = tf.AutoImageProcessor.from_pretrained(folder, use_fast=False)(
+        [load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+    tokens = tf.AutoTokenizer.from_pretrained(folder)(texts, return_tensors="pt", truncation=True,
+                                                      padding="max_length" if siglip else True)
+    out = model(pixel_values=pixels, **tokens)
+    probs = torch.sigmoid(out.logits_per_image) if siglip else out.logits_per_image.softmax(-1)
+    return out.image_embeds.numpy(), out.text_embeds.numpy(), probs.numpy()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", DUAL_ENCODERS)
+def test_dual_encoders_export_both_towers_and_label_like_pytorch(dual, architecture):
+    folder, bundle = dual(architecture)
+    model = bundle.model
+    assert model["kind"] == "zero-shot-image-classification" and set(bundle.io["components"]) == {"text"}
+    assert bundle.variant("fp32").components == {"text": "fp32/text.onnx"}
+    siglip = architecture == "SiglipModel"
+    # measured on the model, not assumed: SigLIP pools the last position without a mask and has a learned bias
+    assert model["text_padding"] == ("max_length" if siglip else "longest")
+    assert model["zero_shot"]["probabilities"] == ("sigmoid" if siglip else "softmax")
+    assert (model["zero_shot"]["logit_bias"] == pytest.approx(-10.0, abs=1e-4)) if siglip else \
+        model["zero_shot"]["logit_bias"] == 0.0
+    parity = bundle.variant("fp32").parity
+    assert parity["passed"] and {c["name"] for c in parity["checks"]} == {
+        "embeddings", "rows alone", "text embeddings", "text rows alone", "zero-shot logits"}, parity
+    assert all(r.passed for r in verify(Bundle.load(bundle.path)))
+    paths = [DATA / p for p in ("chelsea.png", "astronaut.png", "rocket.jpg")]
+    texts = [f"This is a photo of {label}." for label in PROMPT_LABELS]
+    want_images, want_texts, want_probs = _pytorch_zero_shot(folder, paths, texts)
+    session = Session(bundle.path)
+    tolerance = bundle.variant("fp32").tolerance["max_abs"]
+    np.testing.assert_allclose(_unit(session.embed_image(paths)), _unit(want_images), atol=tolerance, rtol=0)
+    np.testing.assert_allclose(_unit(session.embed_text(texts, batch_size=3)), _unit(want_texts), atol=tolerance, rtol=0)
+    got = session.zero_shot(paths, PROMPT_LABELS, batch_size=2)
+    assert [list(r["scores"]) for r in got] == [PROMPT_LABELS] * len(paths)
+    np.testing.assert_allclose([list(r["scores"].values()) for r in got], want_probs, atol=1e-4, rtol=0)
+    assert [r["label"] for r in got] == [PROMPT_LABELS[i] for i in want_probs.argmax(-1)]
+    # the CLI gives the same scores; `edgetx embed` takes the text tower; nothing of it needs torch
+    result = CliRunner().invoke(main, ["zero-shot", str(bundle.path), *map(str, paths), *sum(
+        (["--label", label] for label in PROMPT_LABELS), []), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r["scores"] for r in json.loads(result.stdout)] == [r["scores"] for r in got]
+    result = CliRunner().invoke(main, ["embed", str(bundle.path), texts[0]])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(json.loads(result.stdout)[0]["embedding"], session.embed_text(texts[:1])[0], atol=1e-6)
+    code = f"""import sys, json; sys.modules['torch'] = None
+from edgetx.runtimes import Session
+print(json.dumps(Session({str(bundle.path)!r}).zero_shot({[str(p) for p in paths]!r}, {PROMPT_LABELS!r})))
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose([list(r["scores"].values()) for r in json.loads(result.stdout)],
+                               [list(r["scores"].values()) for r in got], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_dual_encoder_bad_inputs_get_one_line_errors(dual, built):
+    _, bundle = dual("CLIPModel")
+    _, encoder = built("Dinov2Model")
+    photo = str(DATA / "coffee.png")
+    cases = [
+        (["zero-shot", str(bundle.path), photo], "no labels given"),
+        (["zero-shot", str(bundle.path), photo, "--label", "cat", "--label", "cat"], "labels repeat (cat)"),
+        (["zero-shot", str(bundle.path), photo, "--label", "cat", "--template", "a photo"], "must contain '{}' once"),
+        (["zero-shot", str(bundle.path), "a photo of a cat", "--label", "cat"], "a photo of a cat: no such image file"),
+        (["zero-shot", str(encoder.path), photo, "--label", "cat"], "zero_shot needs an image-text dual encoder"),
+        (["embed", str(encoder.path), "a cat"], "embed needs an encoder"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and message in result.stderr and "Traceback" not in result.stderr, (args, result)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    session = Session(bundle.path)
+    for labels, message in [("cat", "non-empty list of labels"), ([], "non-empty list of labels"),
+                            (["cat", ""], "non-empty list of labels")]:
+        with pytest.raises(EdgetxError, match=message):
+            session.zero_shot([photo], labels)
+    with pytest.raises(EdgetxError, match="embed_text takes a non-empty list of strings"):
+        session.embed_text("a cat")
+
+
+@pytest.mark.slow
+def test_dual_encoder_default_build_gates_both_towers(tmp_path):
+    """SigLIP with the defaults: static int8 calibrated per tower (photos for the vision graph, prompts for the text
+    graph) and dynamic int8, each judged by both towers' cosine on held-out photos and prompts."""
+    folder = save_tiny_dual("SiglipModel", tmp_path / "model")
+    bundle = build(folder, tmp_path / "bundle")
+    results = bundle.manifest["quantization"]["results"]
+    assert set(results) == set(get_kind("zero-shot-image-classification").default_schemes)
+    for name, result in results.items():
+        gate = result["gate"]
+        assert result["gate_passed"] and gate["rows"] == 48 + 24, (name, result)
+        assert min(gate["image_cosine_mean"], gate["text_cosine_mean"]) == gate["cosine_mean"] >= 0.99
+        assert name in bundle.variants and bundle.variant(name).parity["passed"]
+        assert set(bundle.variant(name).components) == {"text"}
+    assert results["int8-static-minmax"]["scheme"]["method"] == "static"
+    assert all(r.passed for r in verify(Bundle.load(bundle.path)))
+    photo = str(DATA / "chelsea.png")
+    scores = {v: Session(bundle.path, variant=v).zero_shot([photo], PROMPT_LABELS)[0]["scores"] for v in bundle.variants}
+    for variant, row in scores.items():
+        assert max(abs(row[k] - scores["fp32"][k]) for k in row) < 0.05, (variant, row, scores["fp32"])
+    result = CliRunner().invoke(main, ["bench", str(bundle.path), "--threads", "1", "--repeats", "2", "--json"])
+    assert result.exit_code == 0, result.output

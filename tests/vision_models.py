@@ -4,6 +4,7 @@ type, with only size/crop set to the tiny image size. Used by tests/test_vision.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 IMAGE = 32  # the graph's H and W
@@ -79,9 +80,70 @@ def save_tiny_vision(architecture: str, folder: Path, **config_overrides) -> Pat
     return Path(folder)
 
 
+DUAL_ENCODERS = ("CLIPModel", "SiglipModel")
+
+
+def _dual_tokenizer(architecture: str):
+    """A byte-level BPE trained on held-out stdlib text, shaped as the model's own: CLIP's wraps a text in
+    <|startoftext|> ... <|endoftext|> and pads with <|endoftext|> (its pooling finds the first one), SigLIP's ends it
+    with </s>, pads with </s> and gives no attention mask (its pooling takes the last position)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    from hf_models import VOCAB, _corpus
+
+    clip = architecture == "CLIPModel"
+    specials = ["<|startoftext|>", "<|endoftext|>"] if clip else ["</s>", "<unk>"]
+    tk = ByteLevelBPETokenizer()
+    tk.train_from_iterator(_corpus(), vocab_size=VOCAB, special_tokens=specials, show_progress=False)
+    tk._tokenizer.post_processor = (TemplateProcessing(single="<|startoftext|> $A <|endoftext|>",
+                                                       special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)])
+                                    if clip else TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 0)]))
+    if clip:
+        return PreTrainedTokenizerFast(tokenizer_object=tk._tokenizer, bos_token="<|startoftext|>",
+                                       eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=TEXT_LENGTH,
+                                       model_input_names=["input_ids", "attention_mask"])
+    return PreTrainedTokenizerFast(tokenizer_object=tk._tokenizer, eos_token="</s>", pad_token="</s>",
+                                   unk_token="<unk>", model_max_length=TEXT_LENGTH, model_input_names=["input_ids"])
+
+
+TEXT_LENGTH = 24  # the tiny text towers' positions
+
+
+def save_tiny_dual(architecture: str, folder: Path) -> Path:
+    """A random-init CLIPModel or SiglipModel (one of DUAL_ENCODERS) saved with its image processor config AND a
+    tokenizer shaped as the model's own: both towers export (the zero-shot kind)."""
+    import torch
+    import transformers as tf
+
+    tokenizer = _dual_tokenizer(architecture)
+    config, processor = _configs()[architecture]
+    text = config.text_config
+    text.vocab_size, text.max_position_embeddings = len(tokenizer), TEXT_LENGTH
+    if hasattr(text, "projection_size"):  # SigLIP's text head projects into the vision tower's width (no projection)
+        text.projection_size = config.vision_config.hidden_size
+    specials = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.pad_token_id}
+    for key, value in specials.items():
+        if value is not None:
+            setattr(text, key, value)
+    torch.manual_seed(0)
+    model = getattr(tf, architecture)(config).eval()
+    if getattr(model, "logit_bias", None) is not None:  # SigLIP's own starting point (scale 10, bias -10), not 1 and 0
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(10.0))
+            model.logit_bias.fill_(-10.0)
+    model.config.architectures = [architecture]
+    model.save_pretrained(folder, safe_serialization=True)
+    processors()[processor].save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
 def save_tiny_vision_type(model_type: str, task: str, folder: Path, shrink) -> Path:
     """For the coverage sweep: a tiny random-init model of any `model_type` for `task` ("image-cls": its
-    image-classification head, "image-encoder": its base model), saved with the (PIL) image processor transformers
+    image-classification head, "image-encoder": its base model, "zero-shot": its dual encoder), saved with the (PIL) image processor transformers
     maps to the type (its defaults, size and crop set to IMAGE; ViTImageProcessor where transformers maps none).
     `shrink(config_class)` makes the tiny config with image_size IMAGE (benchmarks/coverage.py's)."""
     import torch
@@ -95,7 +157,8 @@ def save_tiny_vision_type(model_type: str, task: str, folder: Path, shrink) -> P
         config.num_labels = len(LABELS)
         config.id2label = dict(enumerate(LABELS))
         config.label2id = {label: i for i, label in enumerate(LABELS)}
-    names = (auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES if task == "image-cls" else auto.MODEL_MAPPING_NAMES)
+    names = {"image-cls": auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+             "zero-shot": auto.MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES}.get(task, auto.MODEL_MAPPING_NAMES)
     name = names[model_type]
     name = name[0] if isinstance(name, (list, tuple)) else name
     torch.manual_seed(0)

@@ -71,12 +71,14 @@ def generate(bundle: Path, prompt: str, max_tokens: int, temperature: float, top
 @click.option("--batch-size", default=32, show_default=True)
 def embed(bundle: Path, texts: tuple[str, ...], text_file, npy: Path | None, variant: str, backend: str,
           batch_size: int) -> None:
-    """Sentence embeddings from an encoder BUNDLE: JSON on stdout, or a .npy file.
+    """Sentence embeddings from an encoder BUNDLE, or text embeddings from an image-text one (CLIP, SigLIP: in
+    the space of its image embeddings): JSON on stdout, or a .npy file.
 
     \b
     Examples:
       edgetx embed dist/minilm "A cat sits on the mat." "A dog plays in the park."
       edgetx embed dist/minilm --file sentences.txt --npy vectors.npy
+      edgetx embed dist/clip "a photo of a cat" "a photo of a dog"
     """
     from edgetx.runtimes import Session
 
@@ -84,7 +86,8 @@ def embed(bundle: Path, texts: tuple[str, ...], text_file, npy: Path | None, var
     if not items:
         raise EdgetxError("no texts given: pass them as arguments or with --file")
     session = Session(bundle, variant=variant, backend=backend)
-    vectors = session.embed(items, batch_size=batch_size)
+    text_tower = "embed_text" in session.kind.helpers  # a dual encoder's texts go through its text graph
+    vectors = (session.embed_text if text_tower else session.embed)(items, batch_size=batch_size)
     if npy:
         write_npy(npy, vectors)
     else:

@@ -5,7 +5,7 @@ ask the bundle's kind; none of them tests which kind it is. A new kind is one mo
 """
 
 from edgetx.kinds.base import BenchTable, ModelKind, ReportAxes, get_kind, known_kinds, register_kind, require_helper
-from edgetx.kinds import causal_lm, classifier, encoder, seq2seq, speech, vision  # noqa: E402,F401  (register the built-in kinds)
+from edgetx.kinds import causal_lm, classifier, encoder, seq2seq, speech, vision, zero_shot  # noqa: E402,F401  (register the built-in kinds)
 
 __all__ = ["BenchTable", "ModelKind", "ReportAxes", "get_kind", "known_kinds", "register_kind", "require_helper"]
 

@@ -233,6 +233,14 @@ class ModelKind:
         """Calibration inputs from the bundle's quant data (static schemes may ask for more: `static`)."""
         return [stored_batch(inputs, data, self.calib_prefix)]
 
+    def graph_calibration_feeds(self, graph: str, inputs: list[dict], data: dict[str, np.ndarray]) -> list[Feeds]:
+        """A model of several graphs: calibration inputs of one graph (`inputs` its io inputs). By default there are
+        none: an encoder-decoder's decoder sees what its encoder makes, which the quant data does not hold."""
+        from edgetx.quant.schemes import NotApplicable
+
+        raise NotApplicable(f"static schemes calibrate activations, which edgetx does not do across the graphs of "
+                            f"{self.described_as} yet; weight-only and dynamic schemes apply")
+
     def sensitivity_feeds(self, inputs: list[dict], data: dict[str, np.ndarray]) -> list[Feeds]:
         """Held-out inputs on which each MatMul's quantization error is estimated."""
         return [stored_batch(inputs, data, self.eval_prefix)]

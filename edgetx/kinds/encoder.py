@@ -67,9 +67,11 @@ def embed(session: Any, texts: list[str], batch_size: int = 32) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros((0, session.model["hidden_size"]), np.float32)
 
 
-def text_feeds(session: Any, ids: list[list[int]], type_ids: list[list[int]]) -> dict[str, np.ndarray]:
-    """Token ids of texts padded into the inputs the session's graph takes (input_ids, attention_mask, ...)."""
-    width = max(len(i) for i in ids)
+def text_feeds(session: Any, ids: list[list[int]], type_ids: list[list[int]], width: int | None = None
+               ) -> dict[str, np.ndarray]:
+    """Token ids of texts padded into the inputs the session's graph takes (input_ids, attention_mask, ...), to the
+    longest text, or to `width` tokens (a model that pools at a position and takes no mask: SigLIP)."""
+    width = width or max(len(i) for i in ids)
     batch = {"input_ids": np.full((len(ids), width), session.tokenizer.pad_token_id, np.int64),
              "attention_mask": np.zeros((len(ids), width), np.int64),
              "token_type_ids": np.zeros((len(ids), width), np.int64)}

@@ -27,7 +27,7 @@ from edgetx.kinds import ModelKind, get_kind
 from edgetx.passes.files import file_bytes, load, move, save
 from edgetx.progress import log
 from edgetx.quant.apply import apply, prepare_int8_graph, weight_matmuls
-from edgetx.quant.schemes import NotApplicable, Scheme, needs_calibration
+from edgetx.quant.schemes import Scheme, needs_calibration
 from edgetx.quant.sensitivity import sensitivity
 from edgetx.runtimes.backend import REFERENCE_BACKEND, SessionOptions, get_backend
 from edgetx.verify.tolerances import QUANTIZED
@@ -208,9 +208,9 @@ def quantize_gated_graphs(s: Scheme, fp32_paths: dict[str, Path], out_paths: dic
     gate (`kind.gate_metrics` gets {graph: run} for the fp32 reference and the candidate, and the whole io block).
     Mixed precision works graph by graph: when every graph quantized misses, each graph alone is tried (the largest
     first), the others staying fp32, and the first that holds is kept. `out_paths` are written only when it holds."""
-    if needs_calibration(s):
-        raise NotApplicable(f"{s.name} calibrates activations, which edgetx does not do across the graphs of an "
-                            "encoder-decoder yet; weight-only and dynamic schemes apply")
+    graph_inputs = {g: io["inputs"] if g == kind.main_graph else io["components"][g]["inputs"] for g in fp32_paths}
+    calibration = {g: kind.graph_calibration_feeds(g, graph_inputs[g], data) for g in fp32_paths} \
+        if needs_calibration(s) else {}
     tolerance = QUANTIZED[s.precision]
     references = {g: ReferenceOutputs(lambda p=p: get_backend(backend).create_session(p, SessionOptions()))
                   for g, p in fp32_paths.items()}
@@ -227,7 +227,8 @@ def quantize_gated_graphs(s: Scheme, fp32_paths: dict[str, Path], out_paths: dic
             nodes[graph] = weight_matmuls(source)
             quantized[graph] = folder / out_paths[graph].name  # one basename: a data file keeps its location
             try:
-                apply(s, source, quantized[graph], exclude=[], calibration=None, inputs=None)
+                apply(s, source, quantized[graph], exclude=[], calibration=calibration.get(graph),
+                      inputs=graph_inputs[graph])
             except EdgetxError:
                 raise
             except Exception as e:  # onnxruntime.quantization raises plain exceptions
