@@ -135,6 +135,9 @@ def zero_shot_source(folder: Path, config, tokenizer, tokenizer_files: dict, *, 
     if info.get("missing_keys"):
         raise UnsupportedModel(f"{folder}: the weights lack {', '.join(list(info['missing_keys'])[:3])}; "
                                f"{model_class.__name__}'s towers would be partly random")
+    if not all(callable(getattr(model, m, None)) for m in ("get_image_features", "get_text_features")):
+        raise UnsupportedModel(f"{folder}: {model_class.__name__} has no get_image_features / get_text_features: its "
+                               "towers do not embed images and texts separately (edgetx scores labels from the two)")
     names = _text_inputs(model, tokenizer, folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = getattr(config.text_config, "pad_token_id", None) or 0
@@ -177,6 +180,10 @@ def zero_shot_source(folder: Path, config, tokenizer, tokenizer_files: dict, *, 
                                f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     logits = both.logits_per_image.numpy()
     image_features, text_features = run_images(pixels), run_text(encode(prompts, padding))
+    for what, values in (("image features", image_features), ("text features", text_features), ("logits", logits)):
+        if not np.isfinite(values).all():
+            raise UnsupportedModel(f"{folder}: {model_class.__name__}'s own {what} on real photos and texts are not "
+                                   "finite (inf/NaN) in PyTorch: its weights overflow in float32; nothing to export")
     scale, bias = _fit_logits(_cosines(image_features, text_features), logits, folder, model_class.__name__)
     probabilities = "sigmoid" if getattr(model, "logit_bias", None) is not None else "softmax"
     dim = int(image_features.shape[-1])

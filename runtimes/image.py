@@ -5,7 +5,8 @@ Steps, in transformers' order: load (any format Pillow reads, EXIF orientation a
 `load_image` does) -> RGB (transparency composited onto white, as transformers 5's `convert_to_rgb` does)
 -> resize with the config's PIL filter (`size` as {"height", "width"}, {"shortest_edge"} (+ "longest_edge")
 or an int = a square) -> center crop (`crop_size`, zero-padded where the image is smaller) -> rescale
-(`rescale_factor`, in float64 then float32) -> normalize (`image_mean`, `image_std`, in float32) ->
+(`rescale_factor`, in float64 then float32; minus 1 with `rescale_offset`) -> normalize (`image_mean`,
+`image_std`, in float32; `include_top` divides by image_std once more, as EfficientNet's processor does) ->
 channels first. `crop_pct` with a {"shortest_edge"} size and no crop step of its own is
 ConvNextImageProcessor's rule (below 384: resize the short side to shortest_edge / crop_pct, then crop a
 square; else resize to the square). RGB conversion is always done: the graph takes three channels.
@@ -101,9 +102,13 @@ class ImagePreprocessor:
             array = center_crop(array, crop["height"], crop["width"])
         if c.get("do_rescale", True):
             array = (array.astype(np.float64) * float(c.get("rescale_factor", 1 / 255))).astype(np.float32)
+            if c.get("rescale_offset"):  # EfficientNet's: [0, 255] * 1/127.5 - 1 = [-1, 1]
+                array = array - np.float32(1)
         array = array.astype(np.float32)
         if c.get("do_normalize", True):
             array = (array - _triple(c["image_mean"], "image_mean")) / _triple(c["image_std"], "image_std")
+            if c.get("include_top"):  # EfficientNet's processor normalizes again with mean 0
+                array = array / _triple(c["image_std"], "image_std")
         return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
 
     def resized(self, image: "PILImage.Image") -> "PILImage.Image | np.ndarray":

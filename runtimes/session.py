@@ -173,11 +173,7 @@ class Session:
         self.backend = get_backend(backend)
         self.component_name = component  # None: the variant's main graph; else one of io.components
         model_format = self.backend.capabilities.model_format
-        if component is not None and model_format != "onnx":
-            raise BundleError(f"{self.bundle.path}: {backend} loads {model_format} files, which edgetx does not make "
-                              f"for a model of several graphs yet (its {component!r} graph); use an onnx backend")
-        self.model_path: Path = self.bundle.file(self.variant.file_for(model_format) if component is None
-                                                 else self.variant.component_file(component))
+        self.model_path: Path = self.bundle.file(self.variant.component_file(component, model_format))
         self.inputs, self.outputs, self._limits, self._max_length = check_signature(self.bundle, component)
         self._options = SessionOptions(threads=threads, graph_optimization=graph_optimization)
         self._session = self.backend.create_session(self.model_path, self._options)

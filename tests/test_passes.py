@@ -165,3 +165,42 @@ def test_an_in_place_transform_of_an_external_data_pair_keeps_no_map_of_the_repl
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = session.run(["logits"], {"hidden": np.ones((1, 2, 4), np.float32), INPUT: np.array(1, np.int64)})[0]
     assert out.shape == (1, 1, 8)
+
+
+def test_a_biasless_gemm_on_a_constant_weight_becomes_a_matmul_with_the_same_product():
+    """A Gemm without C on an initializer (transB or not) -> MatMul, the graph output keeping its name; a Gemm with a
+    bias, one whose weight is computed (a QDQ weight's DequantizeLinear) and one with alpha != 1 stay."""
+    import onnx
+    import onnx_ir as ir
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgetx.passes.gemm_matmul import GemmToMatMul
+
+    rng = np.random.default_rng(0)
+    w, w2, bias = (rng.standard_normal(s).astype(np.float32) for s in ((5, 8), (5, 3), (5,)))
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["t"], transB=1),  # the form torch.onnx writes
+             helper.make_node("Gemm", ["t", "w2"], ["plain"]),  # no transB, a graph output
+             helper.make_node("Gemm", ["x", "w", "bias"], ["biased"], transB=1),
+             helper.make_node("Identity", ["w"], ["computed"]),
+             helper.make_node("Gemm", ["x", "computed"], ["dynamic"], transB=1),
+             helper.make_node("Gemm", ["x", "w"], ["scaled"], transB=1, alpha=0.5)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3 if n == "plain" else 5])
+         for n in ("plain", "biased", "dynamic", "scaled")],
+        [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (w2, "w2"), (bias, "bias"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    result = GemmToMatMul()(ir.from_proto(model))
+    assert result.details == {"rewritten": 2}
+    rewritten = ir.to_proto(result.model)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops.count("MatMul") == 2 and ops.count("Gemm") == 3 and [o.name for o in rewritten.graph.output] == [
+        "plain", "biased", "dynamic", "scaled"]
+    got = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert GemmToMatMul()(ir.from_proto(rewritten)).details["skipped"].startswith("no Gemm without a bias")
+    onnx.checker.check_model(rewritten)

@@ -127,6 +127,12 @@ def test_bad_requests_get_edgetx_errors(built, tiny_bundle_master):
     assert result.exit_code == 1 and "no texts given" in result.stderr
     result = CliRunner().invoke(main, ["convert", str(bundle.path), "--to", "ort"])
     assert result.exit_code == 1 and "several graphs" in result.stderr and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["convert", str(bundle.path), "--to", "fixed", "--shape", "batch=1"])
+    assert result.exit_code == 1 and "--shape must set each of this model's dims batch, tgt, src, past" in result.stderr
+    result = CliRunner().invoke(main, ["convert", str(bundle.path), "--to", "fixed", "--shape",
+                                       "batch=1,src=8,tgt=1,past=7"])
+    assert result.exit_code == 1 and "takes no self-attention mask" in result.stderr, result.stderr
+    assert "onnx-fixed" not in str(Bundle.load(bundle.path).manifest["variants"])  # nothing half-added
     encoder = session.component("encoder")
     with pytest.raises(InputError, match="decoder_input_ids"):
         session.run({"input_ids": np.ones((1, 3), np.int64)})

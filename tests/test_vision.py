@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import run_python
+from conftest import backend_or_skip, run_python
 from vision_models import ARCHITECTURES, DUAL_ENCODERS, LABELS, processors, save_tiny_dual, save_tiny_vision
 from edgetx.build import build
 from edgetx.bundle import Bundle
@@ -469,3 +469,35 @@ def test_dual_encoder_default_build_gates_both_towers(tmp_path):
         assert max(abs(row[k] - scores["fp32"][k]) for k in row) < 0.05, (variant, row, scores["fp32"])
     result = CliRunner().invoke(main, ["bench", str(bundle.path), "--threads", "1", "--repeats", "2", "--json"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+def test_dual_encoder_fixed_shape_copies_of_both_graphs_run_on_xnnpack(dual, tmp_path):
+    """`convert --to fixed` writes a fixed copy of each graph (the text graph's dims too: CLIP's text length is
+    dynamic), each checked against its dynamic graph; XNNPACK (fixed shapes only) then verifies both graphs. Its
+    bias-less projections are MatMuls in the copies (onnxruntime 1.21's XNNPACK crashes loading such a Gemm)."""
+    import shutil
+
+    import onnx
+
+    from edgetx.verify.parity import verify_matrix
+
+    _, built_bundle = dual("CLIPModel")
+    path = tmp_path / "clip"
+    shutil.copytree(built_bundle.path, path)
+    result = CliRunner().invoke(main, ["convert", str(path), "--to", "fixed", "--shape", "batch=1"])
+    assert result.exit_code == 1 and "missing: seq" in result.stderr
+    result = CliRunner().invoke(main, ["convert", str(path), "--to", "fixed", "--shape", "batch=1,seq=24"])
+    assert result.exit_code == 0, result.output
+    bundle = Bundle.load(path)
+    variant = bundle.variant("fp32")
+    assert variant.formats["onnx-fixed"] == "fp32/model.fixed.onnx"
+    assert variant.component_formats == {"text": {"onnx-fixed": "fp32/text.fixed.onnx"}}
+    assert variant.fixed_shape["dims"] == {"batch": 1, "seq": 24} and "text:" in variant.fixed_shape["check"]
+    text = onnx.load(bundle.file("fp32/text.fixed.onnx"))
+    assert [d.dim_value for d in text.graph.input[0].type.tensor_type.shape.dim] == [1, 24]
+    assert "Gemm" not in {n.op_type for n in text.graph.node}
+    backend_or_skip("xnnpack")
+    (report,) = verify_matrix(bundle, backends=["xnnpack"])
+    assert report.passed and [c.name for c in report.checks] == ["vs ort-cpu at fixed dims",
+                                                                 "vs ort-cpu at fixed dims (text)"], report.checks

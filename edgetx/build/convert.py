@@ -7,9 +7,10 @@
   reduced build (`--include_ops_by_config`);
 - a usability report per variant: how much of the graph NNAPI and CoreML could take, as dynamic
   shapes are and if they were fixed (onnxruntime.tools.mobile_helpers.usability_checker);
-- fixed-shape copies (`model.fixed.onnx`), for backends that cannot take dynamic shapes (NNAPI, CoreML,
-  QNN's HTP, XNNPACK), each checked against its own dynamic variant on the same inputs (built from the
-  golden text at exactly those shapes). fp32 copies must agree within the bundle's fp32 budget; quantized
+- fixed-shape copies (`model.fixed.onnx`; each graph's, `{graph}.fixed.onnx`, for a model of several graphs),
+  for backends that cannot take dynamic shapes (NNAPI, CoreML, QNN's HTP, XNNPACK), bias-less Gemms written as
+  MatMuls (edgetx.passes.gemm_matmul), each checked against its own dynamic graph on the same inputs (built from
+  the golden data at exactly those shapes). fp32 copies must agree within the bundle's fp32 budget; quantized
   copies are held to their variant's tolerance: with shapes known, onnxruntime picks other int8 kernels
   (measured on MiniLM int8: cosine 0.9936 vs the dynamic graph; with graph optimizations off, identical).
 """
@@ -185,9 +186,15 @@ def mobile_report(bundle: Bundle, variants: list[str] | None = None) -> dict[str
 
 # --- fixed-shape copies (`edgetx convert --to fixed`) ----------------------------------------------
 
+def graph_io(io: dict) -> dict[str | None, dict]:
+    """Each graph's own io block: the main graph's (None) and each of io.components'."""
+    return {None: io, **(io.get("components") or {})}
+
+
 def symbols(io: dict) -> list[str]:
-    """The plain symbolic dims of a bundle's inputs (e.g. batch, seq, past), in order of appearance."""
-    names = [d for spec in io["inputs"] for d in spec["shape"] if isinstance(d, str) and "+" not in d]
+    """The plain symbolic dims of a bundle's inputs, over all its graphs (e.g. batch, seq, past), in order."""
+    names = [d for graph in graph_io(io).values() for spec in graph["inputs"] for d in spec["shape"]
+             if isinstance(d, str) and "+" not in d]
     return list(dict.fromkeys(names))
 
 
@@ -197,61 +204,84 @@ def parse_dims(text: str, io: dict) -> dict[str, int]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
         if not value.strip().isdigit():
-            raise InputError(f"--fixed-shape: {part!r} is not NAME=INTEGER (e.g. batch=1,seq=64)")
+            raise InputError(f"--shape: {part!r} is not NAME=INTEGER (e.g. batch=1,seq=64)")
         dims[name.strip()] = int(value)
     wanted = symbols(io)
     unknown, missing = sorted(set(dims) - set(wanted)), [s for s in wanted if s not in dims]
     if unknown or missing:
-        raise InputError(f"--fixed-shape must set each of this model's dims {', '.join(wanted)}"
+        raise InputError(f"--shape must set each of this model's dims {', '.join(wanted)}"
                          + (f"; unknown: {', '.join(unknown)}" if unknown else "")
                          + (f"; missing: {', '.join(missing)}" if missing else ""))
     if dims.get("batch", 1) < 1 or dims.get("seq", 1) < 1:
-        raise InputError("--fixed-shape: batch and seq must be at least 1")
+        raise InputError("--shape: batch and seq must be at least 1")
     return dims
 
 
 
 def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None = None,
               transform: GraphPass | None = None, transform_name: str = "") -> dict[str, dict]:
-    """Write `VARIANT/model.fixed.onnx` for each (or the named) variant, check it against the dynamic
-    variant on ort-cpu, and record it (format "onnx-fixed" and its dims) in the manifest. `transform`, a
-    pass (named `transform_name` in the manifest), is applied to each fixed copy before the check."""
-    from edgetx.passes.files import data_file, transform_file
-    from edgetx.passes.fixed_dims import FixDims
-    from edgetx.runtimes.backend import SessionOptions, get_backend
-    from edgetx.verify.tolerances import tolerance_for
-
-    _one_graph_only(bundle, "fixed-shape copies")
+    """Write a fixed-shape copy of each graph of each (or the named) variant (`VARIANT/model.fixed.onnx`, and
+    `VARIANT/{graph}.fixed.onnx` for a model of several graphs), check each against its dynamic graph on ort-cpu,
+    and record them (format "onnx-fixed" and the dims) in the manifest. `transform`, a pass (named
+    `transform_name` in the manifest), is applied to each fixed copy before the check."""
     results, new_files = {}, {}
     with tempfile.TemporaryDirectory(prefix=".edgetx-fixed-", dir=bundle.path.parent) as tmp:
         for name in variants or list(bundle.variants):
             variant = bundle.variant(name)
-            staged = Path(tmp) / name / "model.fixed.onnx"
-            staged.parent.mkdir(parents=True)
-            transform_file(bundle.file(variant.file), staged, [FixDims(dims, bundle.io)] + ([transform] if transform else []))
             dynamic = Session(bundle, variant=name, verify_hashes=False)
-            feeds = fixed_feeds(bundle, dynamic, dims)
-            want = dynamic.run(feeds)
-            fixed = get_backend(REFERENCE_BACKEND).create_session(staged, SessionOptions())
-            got = fixed.run(feeds).outputs
-            tolerance = tolerance_for(variant.precision, variant.tolerance)
-            ok, diff, detail = compare_runs(dynamic.kind, tolerance, want, got)
-            if not ok:
-                raise EdgetxError(f"{name}: the fixed-shape copy does not agree with the dynamic variant at {dims} "
-                                  f"({detail}); not added")
-            rel = str(Path(variant.file).with_name("model.fixed.onnx").as_posix())
-            new_files[rel] = staged
-            if data_file(staged).is_file():  # its own weights, beside it (location model.fixed.onnx.data)
-                new_files[rel + ".data"] = data_file(staged)
-            results[name] = {"file": rel, "max_abs_vs_dynamic": diff, "check": detail}
+            graphs = {}
+            for graph, io in graph_io(bundle.io).items():
+                session = dynamic if graph is None else dynamic.component(graph)
+                graphs[graph] = _fixed_copy(bundle, variant, session, graph, io, dims, Path(tmp) / name,
+                                            transform, new_files)
+            dynamic.close()
+            main = graphs.pop(None)
+            results[name] = {**main, **({"components": graphs} if graphs else {})}
 
         def record(manifest: dict) -> None:
             for name, result in results.items():
                 entry = manifest["variants"][name]
                 entry.setdefault("formats", {})[FIXED_FORMAT] = result["file"]
-                entry["fixed_shape"] = {"dims": dims, "max_abs_vs_dynamic": result["max_abs_vs_dynamic"],
-                                        "check": result["check"], **({"transform": transform_name} if transform_name else {})}
+                for graph, copy in (result.get("components") or {}).items():
+                    entry.setdefault("component_formats", {}).setdefault(graph, {})[FIXED_FORMAT] = copy["file"]
+                entry["fixed_shape"] = {"dims": dims, "max_abs_vs_dynamic": max(
+                    [result["max_abs_vs_dynamic"], *(c["max_abs_vs_dynamic"] for c in (result.get("components") or {}).values())]),
+                    "check": "; ".join([result["check"], *(f"{g}: {c['check']}" for g, c in (result.get("components") or {}).items())]),
+                    **({"transform": transform_name} if transform_name else {})}
 
         bundle.add_files(new_files, record)
     return results
+
+
+def _fixed_copy(bundle: Bundle, variant, dynamic: Session, graph: str | None, io: dict, dims: dict[str, int],
+                folder: Path, transform: GraphPass | None, new_files: dict) -> dict:
+    """One graph's fixed-shape copy, staged in `folder` and checked against its dynamic graph on the same inputs
+    (the kind makes them from the golden data at `dims`); its files are added to `new_files`."""
+    from edgetx.passes.files import data_file, transform_file
+    from edgetx.passes.fixed_dims import FixDims
+    from edgetx.passes.gemm_matmul import GemmToMatMul
+    from edgetx.runtimes.backend import SessionOptions, get_backend
+    from edgetx.verify.tolerances import tolerance_for
+
+    feeds = fixed_feeds(bundle, dynamic, dims)  # first: a kind that cannot make fixed inputs says so before any work
+    source = variant.component_file(graph)
+    staged = folder / Path(source).with_suffix(".fixed.onnx").name
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    passes = [FixDims(dims, io), GemmToMatMul()] + ([transform] if transform else [])
+    transform_file(bundle.file(source), staged, passes)
+    want = dynamic.run(feeds)
+    fixed = get_backend(REFERENCE_BACKEND).create_session(staged, SessionOptions())
+    got = fixed.run(feeds).outputs
+    fixed.close()
+    tolerance = tolerance_for(variant.precision, variant.tolerance)
+    ok, diff, detail = compare_runs(dynamic.kind, tolerance, want, got)
+    what = f"{variant.name}" + (f" ({graph} graph)" if graph else "")
+    if not ok:
+        raise EdgetxError(f"{what}: the fixed-shape copy does not agree with the dynamic graph at {dims} "
+                          f"({detail}); not added")
+    rel = str(Path(source).with_name(staged.name).as_posix())
+    new_files[rel] = staged
+    if data_file(staged).is_file():  # its own weights, beside it (location *.fixed.onnx.data)
+        new_files[rel + ".data"] = data_file(staged)
+    return {"file": rel, "max_abs_vs_dynamic": diff, "check": detail}
 

@@ -157,19 +157,28 @@ class Variant:
     extra: dict = field(default_factory=dict)
     # a model of several graphs (an encoder-decoder): each other graph's file by component name (io.components)
     components: dict[str, str] = field(default_factory=dict)
+    # their other serializations, as `formats` is the main graph's: {"text": {"onnx-fixed": "fp32/text.fixed.onnx"}}
+    component_formats: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def files(self) -> list[str]:
         """Every ONNX file of this variant: its main graph first, then its other components'."""
         return [self.file, *self.components.values()]
 
-    def component_file(self, component: str | None) -> str:
-        """The bundle-relative file of one of this variant's graphs (None: the main one)."""
+    def component_file(self, component: str | None, model_format: str = "onnx") -> str:
+        """The bundle-relative file of one of this variant's graphs (None: the main one) in `model_format`."""
         if component is None:
-            return self.file
+            return self.file_for(model_format)
         if component not in self.components:
             raise BundleError(f"variant {self.name!r} has no {component!r} graph (it has: "
                               f"{', '.join(['main', *self.components]) })")
-        return self.components[component]
+        if model_format == "onnx":
+            return self.components[component]
+        other = self.component_formats.get(component, {})
+        if model_format not in other:
+            raise BundleError(f"variant {self.name!r} has no {model_format!r} file of its {component!r} graph"
+                              + (" (add it with `edgetx convert BUNDLE --to fixed`)" if model_format == "onnx-fixed"
+                                 else ""))
+        return other[model_format]
 
     def file_for(self, model_format: str) -> str:
         """The bundle-relative file of this variant in `model_format` ("onnx" or one of `formats`)."""
@@ -183,11 +192,11 @@ class Variant:
     @classmethod
     def from_dict(cls, name: str, entry: dict) -> "Variant":
         known = {"precision", "file", "parity", "formats", "tolerance", "scheme", "fixed_shape", "sha256", "bytes",
-                 "components"}
+                 "components", "component_formats"}
         return cls(name, entry.get("precision", "?"), entry["file"], entry.get("parity"), entry.get("formats"),
                    entry.get("tolerance"), entry.get("scheme"), entry.get("fixed_shape"), entry.get("sha256"),
                    entry.get("bytes"), {k: v for k, v in entry.items() if k not in known},
-                   dict(entry.get("components") or {}))
+                   dict(entry.get("components") or {}), dict(entry.get("component_formats") or {}))
 
 
 class Manifest(dict):

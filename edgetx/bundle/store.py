@@ -94,6 +94,11 @@ class Bundle:
                 if rel not in files:
                     raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].components[{component!r}] "
                                       f"{rel!r} is not listed under 'files' (so its hash cannot be checked)")
+            for component, formats in (variant.get("component_formats") or {}).items():
+                for fmt, rel in formats.items():
+                    if rel not in files:
+                        raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}].component_formats[{component!r}]"
+                                          f"[{fmt!r}] {rel!r} is not listed under 'files' (so its hash cannot be checked)")
             if set(variant.get("components") or {}) != expected:
                 raise BundleError(f"{self.path / MANIFEST}: variants[{name!r}] has graphs "
                                   f"{sorted(variant.get('components') or {})} but io.components names {sorted(expected)}")

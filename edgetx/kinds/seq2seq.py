@@ -235,8 +235,9 @@ class Seq2Seq(ModelKind):
         return super().tolerance_label(tolerance) if tolerance.get("max_kld") is None else f"KL<={tolerance['max_kld']:g}"
 
     def fixed_samples(self, golden, reference, dims, count):
-        raise InputError("fixed-shape copies of an encoder-decoder are not made yet (two graphs, each with its own "
-                         "dims); its variants run on backends that take dynamic shapes")
+        raise InputError("fixed-shape copies of an encoder-decoder are not made yet: its decoder graph takes no "
+                         "self-attention mask, so a cache padded to a fixed length would be attended to; its "
+                         "variants run on backends that take dynamic shapes")
 
     # --- quantization gates (reference and candidate are {graph: run}; inputs is the whole io block) ------
 

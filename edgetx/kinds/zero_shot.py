@@ -100,9 +100,25 @@ class ZeroShotImage(ImageEncoder):
                             f"labels agree {same:.2f}"))
         return checks
 
-    def fixed_samples(self, golden, reference, dims, count):
-        raise InputError("fixed-shape copies of a dual encoder are not made yet (two graphs, each with its own dims); "
-                         "its variants run on backends that take dynamic shapes")
+    def fixed_samples(self, golden: dict[str, np.ndarray], reference: Any, dims: dict[str, int],
+                      count: int) -> list[dict[str, np.ndarray]]:
+        """The vision graph's as an image encoder's; the text graph's: `batch` golden prompts per sample (one prompt
+        further each time), padded or cut to `seq` tokens where the length is not already fixed."""
+        if reference.component_name != TEXT:
+            return super().fixed_samples(golden, reference, dims, count)
+        feeds = stored_batch(reference.inputs, golden, TEXT)
+        batch, pad = dims.get("batch", 1), int(reference.tokenizer.pad_token_id)
+        samples = []
+        for shift in range(count):
+            sample = {}
+            for spec in reference.inputs:
+                value = np.resize(np.roll(feeds[spec["name"]], -shift, axis=0), (batch, feeds[spec["name"]].shape[1]))
+                width = spec["shape"][1] if isinstance(spec["shape"][1], int) else dims["seq"]
+                filler = pad if spec["name"] == "input_ids" else 0
+                value = np.pad(value, ((0, 0), (0, max(width - value.shape[1], 0))), constant_values=filler)
+                sample[spec["name"]] = value[:, :width].astype(np.int64)
+            samples.append(sample)
+        return samples
 
     # --- quantization gates (reference and candidate are {graph: run}; inputs is the whole io block) ------
 

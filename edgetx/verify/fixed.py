@@ -39,11 +39,17 @@ def verify_fixed_shape(bundle: Bundle, session: Session, tolerance: Tolerance, d
     """The backend's run of the variant's fixed file vs ort-cpu running its dynamic file, on the same
     inputs at `dims`, under the variant's tolerance (see the module docstring)."""
     reference = Session(bundle, variant=session.variant.name, backend=REFERENCE_BACKEND, threads=threads)
-    samples = session.kind.fixed_samples(bundle.golden(), reference, dims, FIXED_SAMPLES)
-    wants = [reference.run(feeds) for feeds in samples]
-    gots = [session.run(feeds) for feeds in samples]
-    want = {k: np.concatenate([w[k] for w in wants]) for k in wants[0]}
-    got = {k: np.concatenate([g[k] for g in gots]) for k in wants[0]}
-    ok, diff, detail = compare_runs(session.kind, tolerance, want, got)
-    shape = ",".join(f"{k}={v}" for k, v in dims.items())
-    return [Check(FIXED_CHECK, ok, diff, f"{shape}, {len(samples)} inputs: {detail}{note}")]
+    checks = []
+    for graph in (None, *session.variant.components):  # each graph of a model of several graphs on its own
+        ours, theirs = (session, reference) if graph is None else (session.component(graph), reference.component(graph))
+        samples = session.kind.fixed_samples(bundle.golden(), theirs, dims, FIXED_SAMPLES)
+        wants = [theirs.run(feeds) for feeds in samples]
+        gots = [ours.run(feeds) for feeds in samples]
+        want = {k: np.concatenate([w[k] for w in wants]) for k in wants[0]}
+        got = {k: np.concatenate([g[k] for g in gots]) for k in wants[0]}
+        ok, diff, detail = compare_runs(session.kind, tolerance, want, got)
+        shape = ",".join(f"{k}={v}" for k, v in dims.items())
+        checks.append(Check(FIXED_CHECK + (f" ({graph})" if graph else ""), ok, diff,
+                            f"{shape}, {len(samples)} inputs: {detail}{note}"))
+    reference.close()
+    return checks

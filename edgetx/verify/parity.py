@@ -134,9 +134,10 @@ def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: in
             variant = bundle.variant(name)
             skipped = ""
             model_format, limit = plugin.capabilities.model_format, plugin.capabilities.max_parameters
-            if model_format != "onnx" and variant.components:
+            missing_graphs = [g for g in variant.components if model_format not in variant.component_formats.get(g, {})]
+            if model_format != "onnx" and missing_graphs and not plugin.capabilities.fixed_shapes:
                 skipped = f"no {model_format} file: edgetx does not make one for a model of several graphs yet"
-            elif model_format != "onnx" and model_format not in (variant.formats or {}):
+            elif model_format != "onnx" and (model_format not in (variant.formats or {}) or missing_graphs):
                 how = "fixed --shape ..." if plugin.capabilities.fixed_shapes else model_format
                 skipped = f"no {model_format} file (edgetx convert {bundle.path} --to {how})"
             elif limit and parameters > limit and not backends:
