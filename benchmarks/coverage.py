@@ -59,7 +59,7 @@ AUTO_CLASS = {"causal-lm": "AutoModelForCausalLM", "encoder": "AutoModel",
 # Recipes: the build's options. default = edgetx's defaults; fast = fp32 only, no fused candidates (CI).
 RECIPES = {"default": {}, "fast": {"quantize": (), "optimize": False}, "fp32": {"quantize": ()}}
 
-# The representative subset CI runs (tests/test_coverage.py, on both transformers majors): 38 types, decoders of
+# The representative subset CI runs (tests/test_coverage.py, on both transformers majors): 39 types, decoders of
 # each attention/MLP/norm/position style, encoders with each head, encoder-decoders (text and speech) and vision models. Only cells that pass on both
 # majors belong here; the rest are in the full sweep's table.
 SUBSET = {
@@ -81,6 +81,7 @@ SUBSET = {
     "speech-seq2seq": ["whisper"],  # log-mel features in, the language/task prompt
     "image-cls": ["vit", "swin"],  # patches + CLS token; shifted windows
     "image-encoder": ["dinov2"],  # its pooler_output (the normed CLS token) as the embedding
+    "zero-shot": ["siglip"],  # both towers; no text mask, last-position pooling (texts padded to full length), sigmoid
 }
 
 # The standard size attributes, set wherever a config has them (directly or through attribute_map).

@@ -9,7 +9,7 @@ Which folders are vision models is read from transformers' own registries (`visi
   (`vision_config`), with its projection where transformers has a `...VisionModelWithProjection` class
   -> image-encoder, when the folder has no tokenizer; with one, both towers are exported (edgetx.exporters.hf_zero_shot).
 An image encoder's embeddings are `image_embeds` where the model has them, else `pooler_output`, else the CLS
-token of `last_hidden_state` (model.embedding_from). The folder's preprocessor_config.json, as the slow image
+token of `last_hidden_state`, or a conv backbone's last feature map averaged over H and W (model.embedding_from). The folder's preprocessor_config.json, as the slow image
 processor class normalizes it, travels in the bundle (edgetx.runtimes.image runs it torch-free); at export it is
 run against transformers' processor on the golden photos and the difference is recorded. The golden inputs are
 real photos pre-processed by edgetx itself, so they are exactly what the runtime feeds. A family's few named
@@ -116,9 +116,20 @@ def _projection_dim(config, model_config) -> str | None:
     return None
 
 
+def _no_random_masking(config, model_config) -> str | None:
+    """A masked-autoencoder encoder (ViT-MAE) drops a random `mask_ratio` of the patches on every forward, for
+    pre-training: as an encoder it sees all of them (ratio 0; its CLS output does not depend on the patches'
+    shuffled order)."""
+    ratio = getattr(model_config, "mask_ratio", None)
+    if isinstance(ratio, (int, float)) and ratio > 0:
+        model_config.mask_ratio = 0.0
+        return f"mask_ratio {ratio} set to 0: the random patch masking of pre-training is off, every patch is seen"
+    return None
+
+
 # Config edits before loading (config, the config of the class loaded), each applying where the config has what it
 # is about; each returns its note for the bundle's export notes, or None when it does not apply.
-ADJUSTMENTS = [_projection_dim]
+ADJUSTMENTS = [_projection_dim, _no_random_masking]
 
 
 def _load(task: VisionTask, folder: Path, config, trust_remote_code: bool, kwargs: dict, notes: list[str],
@@ -150,9 +161,13 @@ def _embedding_from(model, pixels: torch.Tensor, missing: list[str], folder: Pat
         notes.append("the folder has no weights for the pooler (" + ", ".join(k for k in missing if "pooler" in k)[:120]
                      + "); embeddings are the CLS token of last_hidden_state")
     hidden = getattr(out, "last_hidden_state", None)
+    if hidden is not None and hidden.ndim == 4:  # a conv backbone's feature map (batch, C, H, W): its mean over H, W
+        notes.append(f"{type(model).__name__} pools nothing: embeddings are its last feature map "
+                     f"({hidden.shape[1]} channels) averaged over height and width")
+        return "feature_map_mean"
     if hidden is None or hidden.ndim != 3:
-        raise UnsupportedModel(f"{folder}: {type(model).__name__} gives no image_embeds, pooler_output or token "
-                               "sequence (last_hidden_state of rank 3) to take an image embedding from")
+        raise UnsupportedModel(f"{folder}: {type(model).__name__} gives no image_embeds, pooler_output, token "
+                               "sequence or feature map (last_hidden_state of rank 3 or 4) to take an image embedding from")
     return "cls_token"
 
 
@@ -167,6 +182,8 @@ class _Output(torch.nn.Module):
         out = self.model(pixel_values=pixel_values)
         if self.source == "cls_token":
             return out.last_hidden_state[:, 0]
+        if self.source == "feature_map_mean":
+            return out.last_hidden_state.mean(dim=(2, 3))
         return getattr(out, self.source).flatten(1)  # a conv net's pooler_output is (batch, C, 1, 1)
 
 

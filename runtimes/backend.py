@@ -58,6 +58,9 @@ class SessionOptions:
 
     threads: int | None = None  # intra-op threads; None = the backend's default
     graph_optimization: str | None = None  # "disabled", "basic", "extended", "all"; None = default
+    # keep freed activation memory for the next run (fast repeated runs); off for one-off runs of big batches,
+    # whose peak it would otherwise hold for the session's life
+    memory_arena: bool = True
     extra: dict[str, str] = field(default_factory=dict)  # backend-specific settings
 
 

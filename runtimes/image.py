@@ -9,7 +9,8 @@ or an int = a square) -> center crop (`crop_size`, zero-padded where the image i
 `image_std`, in float32; `include_top` divides by image_std once more, as EfficientNet's processor does) ->
 channels first. `crop_pct` with a {"shortest_edge"} size and no crop step of its own is
 ConvNextImageProcessor's rule (below 384: resize the short side to shortest_edge / crop_pct, then crop a
-square; else resize to the square). RGB conversion is always done: the graph takes three channels.
+square; else resize to the square); with a crop step it is PoolFormer's (resize to size / crop_pct, then crop).
+RGB conversion is always done: the graph takes three channels.
 
 A config asking for a step not listed here (a `do_...` flag this module does not know, e.g. a channel flip)
 is refused rather than silently skipped; the exporter also measures this module against transformers'
@@ -112,7 +113,8 @@ class ImagePreprocessor:
         return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
 
     def resized(self, image: "PILImage.Image") -> "PILImage.Image | np.ndarray":
-        """The resize step: to {height, width}, the short side to shortest_edge, or ConvNext's crop_pct rule."""
+        """The resize step: to {height, width}, the short side to shortest_edge, or ConvNext's / PoolFormer's
+        crop_pct rule."""
         c = self.config
         size = _size(c.get("size"), "size")
         resample = BILINEAR if c.get("resample") is None else int(c["resample"])
@@ -122,7 +124,14 @@ class ImagePreprocessor:
                 return _resize(image, edge, edge, resample)
             height, width = short_side_size(image.height, image.width, int(edge / float(c["crop_pct"])))
             return center_crop(np.asarray(_resize(image, height, width, resample)), edge, edge)
-        if "shortest_edge" in size:
+        if c.get("crop_pct") is not None and c.get("do_center_crop"):  # PoolFormer's rule: size / crop_pct, then crop
+            crop_pct = float(c["crop_pct"])
+            if "shortest_edge" in size or size["height"] == size["width"]:
+                edge = size["shortest_edge"] if "shortest_edge" in size else size["height"]
+                height, width = short_side_size(image.height, image.width, int(edge / crop_pct))
+            else:
+                height, width = int(size["height"] / crop_pct), int(size["width"] / crop_pct)
+        elif "shortest_edge" in size:
             height, width = short_side_size(image.height, image.width, size["shortest_edge"], size.get("longest_edge"))
         else:
             height, width = size["height"], size["width"]

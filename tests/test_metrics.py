@@ -17,6 +17,10 @@ def test_max_abs_and_rel():
 def test_cosine():
     a = np.array([[1.0, 0.0], [1.0, 1.0]])
     np.testing.assert_allclose(metrics.cosine(a, np.array([[0.0, 1.0], [2.0, 2.0]])), [0.0, 1.0], atol=1e-12)
+    # identical rows are 1 (zero rows too); tiny float32 vectors keep their direction; a zero row vs another is 0
+    tiny = np.array([[3e-35, 4e-35], [0.0, 0.0], [0.0, 0.0]], np.float32)
+    other = np.array([[4e-35, 3e-35], [0.0, 0.0], [1.0, 0.0]], np.float32)
+    np.testing.assert_allclose(metrics.cosine(tiny, other), [0.96, 1.0, 0.0], atol=1e-6)
 
 
 def test_kl_divergence_and_top1():

@@ -27,6 +27,13 @@ def processors() -> dict[str, object]:
         "BitImageProcessor": tf.BitImageProcessor(size={"shortest_edge": IMAGE + 4}, crop_size=crop),  # DINOv2's
         "CLIPImageProcessor": tf.CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size=crop),
         "SiglipImageProcessor": tf.SiglipImageProcessor(size=square),
+        # beyond the tested architectures' own: EfficientNet's second normalization (include_top), ALIGN's [-1, 1]
+        # rescale (rescale_offset), PoolFormer's resize to size / crop_pct before its crop
+        "EfficientNetImageProcessor": tf.EfficientNetImageProcessor(size=square),
+        "EfficientNetImageProcessor (ALIGN)": tf.EfficientNetImageProcessor(
+            size=square, rescale_factor=1 / 127.5, rescale_offset=True, include_top=False),
+        "PoolFormerImageProcessor": tf.PoolFormerImageProcessor(size={"shortest_edge": IMAGE}, crop_size=crop,
+                                                                crop_pct=0.9),
     }
 
 

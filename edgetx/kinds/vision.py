@@ -26,7 +26,8 @@ from edgetx.kinds.encoder import cosine_gate, embedding_check
 from edgetx.verify.report import Check
 
 INPUT = "pixel_values"
-EMBEDDING_SOURCES = ("image_embeds", "pooler_output", "cls_token")  # model.embedding_from, most preferred first
+# model.embedding_from, most preferred first; "feature_map_mean": a conv backbone's last feature map averaged over H, W
+EMBEDDING_SOURCES = ("image_embeds", "pooler_output", "cls_token", "feature_map_mean")
 
 
 class _Vision(ModelKind):

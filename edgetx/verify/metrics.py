@@ -31,10 +31,12 @@ def max_rel(ref: np.ndarray, got: np.ndarray, floor: float = 1e-6) -> float:
 
 
 def cosine(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
-    """Cosine similarity along the last axis (one value per row)."""
+    """Cosine similarity along the last axis (one value per row), in float64 so that tiny vectors (a random model's
+    1e-35 features) keep their direction; identical rows, zero ones included, are 1."""
     ref, got = _f64(ref, got)
     norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1)
-    return (ref * got).sum(-1) / np.clip(norms, 1e-30, None)
+    cosines = (ref * got).sum(-1) / np.maximum(norms, np.finfo(np.float64).tiny)
+    return np.where((ref == got).all(-1), 1.0, cosines)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

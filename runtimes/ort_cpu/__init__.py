@@ -53,7 +53,8 @@ class OrtCpuBackend(Backend):
         import onnxruntime as ort
 
         try:
-            so = session_options(ort, options.threads, options.graph_optimization, options.extra)
+            so = session_options(ort, options.threads, options.graph_optimization, options.extra,
+                                 memory_arena=options.memory_arena)
         except ValueError as e:
             raise BackendError(str(e)) from None
         try:

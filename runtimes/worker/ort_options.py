@@ -12,12 +12,13 @@ GRAPH_OPTIMIZATION_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE
 
 
 def session_options(ort: Any, threads: int | None = None, graph_optimization: str | None = None,
-                    extra: dict | None = None, log_severity: int = 3) -> Any:
+                    extra: dict | None = None, log_severity: int = 3, memory_arena: bool = True) -> Any:
     """An `ort.SessionOptions` (`ort` is the onnxruntime module in use): `threads` intra-op threads (one
     inter-op thread), a graph optimization level by edgetx's name, session config entries, and errors-only
     logging by default (warnings about unused initializers are noise here). An unknown level is a ValueError."""
     options = ort.SessionOptions()
     options.log_severity_level = log_severity
+    options.enable_cpu_mem_arena = memory_arena
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
