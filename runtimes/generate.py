@@ -22,7 +22,9 @@ import numpy as np
 from edgetx.bundle import MANIFEST
 from edgetx.errors import BackendError, BundleError, InputError
 from edgetx.kinds import require_helper
+from edgetx.kinds.base import rows_per_run
 from edgetx.kinds.decoding import DecodeLoop
+from edgetx.runtimes.batch import batch_generate
 from edgetx.runtimes.session import Session
 from edgetx.runtimes.tokenizer import Tokenizer
 
@@ -142,28 +144,39 @@ class Generator:
         self.max_positions: int = model["max_positions"]
         self.vocab_size: int = model["vocab_size"]
         self.finish_reason: str | None = None  # "length", "context", "stop" or "eos" after a run
+        self.finish_reasons: list[str] = []  # each row's, after tokens_batch / generate_batch
         self.stats = GenerationStats()
 
-    def tokens(self, prompt_ids: list[int], config: GenerationConfig | None = None) -> Iterator[int]:
-        """Yield new token ids one at a time (batch 1)."""
-        config = config or GenerationConfig()
-        config.check()
+    def check_prompt(self, prompt_ids: list[int], what: str = "the prompt") -> list[int]:
+        """The prompt's token ids as ints, refused if empty, outside the vocabulary or too long for the model."""
         try:
             ids = [operator.index(t) for t in prompt_ids]
         except TypeError:
             raise InputError(f"prompt token ids must be integers (e.g. from tokenizer.encode), got {prompt_ids!r:.80}"
                              ) from None
         if not ids:
-            raise InputError("the prompt is empty; give at least one token")
+            raise InputError(f"{what} is empty; give at least one token")
         bad = [t for t in ids if not 0 <= t < self.vocab_size]
         if bad:
             raise InputError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
         if len(ids) + 1 > self.max_positions:
-            raise InputError(f"the prompt has {len(ids)} tokens; this model sees at most {self.max_positions} "
-                             "positions in all, so shorten the prompt")
+            raise InputError(f"{what} has {len(ids)} tokens; this model sees at most {self.max_positions} "
+                             "positions in all, so shorten it")
+        return ids
+
+    def tokens(self, prompt_ids: list[int], config: GenerationConfig | None = None) -> Iterator[int]:
+        """Yield new token ids one at a time (batch 1)."""
+        config = config or GenerationConfig()
+        config.check()
+        ids = self.check_prompt(prompt_ids)
+        self.stats = GenerationStats(prompt_tokens=len(ids))
+        yield from self.continue_from(DecodeLoop(self.session.run, self.session.inputs), ids, config)
+
+    def continue_from(self, loop: DecodeLoop, ids: list[int], config: GenerationConfig) -> Iterator[int]:
+        """Feed `ids` on top of `loop`'s cache, then yield new token ids one at a time; the last one yielded is not
+        fed (the cache then holds everything before it). A chat session continues its own loop this way."""
         rng = np.random.default_rng(config.seed)
-        self.finish_reason, self.stats = None, GenerationStats(prompt_tokens=len(ids))
-        loop = DecodeLoop(self.session.run, self.session.inputs)
+        self.finish_reason = None
         step_ids = np.array([ids], dtype=np.int64)
         for produced in range(config.max_new_tokens + 1):
             if produced == config.max_new_tokens:
@@ -175,7 +188,7 @@ class Generator:
             feeds = loop.feeds(step_ids, logits_to_keep=1)
             started = time.perf_counter()
             outputs = self.session.run(feeds)
-            self.stats.add_step(time.perf_counter() - started, prefill=loop.past == 0)
+            self.stats.add_step(time.perf_counter() - started, prefill=produced == 0)
             logits = loop.advance(outputs)["logits"][0, -1]
             if not np.isfinite(logits).all():
                 raise BackendError(f"{self.session.model_path} produced non-finite logits (NaN/inf) at position {loop.past}: "
@@ -196,11 +209,15 @@ class Generator:
         """
         config = config or GenerationConfig()
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+        yield from self.text_of(self.tokens(ids, config), config)
+
+    def text_of(self, tokens: Iterator[int], config: GenerationConfig) -> Iterator[str]:
+        """The text of new token ids as `stream` yields it: up to an end token, cut before a stop sequence."""
         stops = _StopFilter(tuple(config.stop))
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # pieces may split a character
         generated: list[int] = []
         released = b""
-        for token in self.tokens(ids, config):
+        for token in tokens:
             if token in self.tokenizer.eos_token_ids:
                 break
             generated.append(token)
@@ -228,3 +245,32 @@ class Generator:
 
     def generate(self, prompt: str | list[int], config: GenerationConfig | None = None) -> str:
         return "".join(self.stream(prompt, config))
+
+    # --- batches ---------------------------------------------------------------------------------------
+
+    def tokens_batch(self, prompts_ids: list[list[int]], config: GenerationConfig | None = None) -> list[list[int]]:
+        """The new token ids of each prompt, generated together: the same as `tokens` gives each prompt alone (each
+        row samples from its own generator seeded as a lone run's). Prompts are left-padded into one batch; a row
+        that finishes leaves it. A model whose own answer for a row moves inside a padded batch (model.padding)
+        runs its prompts one at a time, so the answer never depends on the batch. `finish_reasons` says why each
+        row stopped."""
+        config = config or GenerationConfig()
+        config.check()
+        prompts = [self.check_prompt(p, f"prompt {i}") for i, p in enumerate(prompts_ids)]
+        if not prompts:
+            raise InputError("give at least one prompt")
+        size = rows_per_run(self.session.model, len(prompts))
+        self.stats = GenerationStats(prompt_tokens=sum(map(len, prompts)))
+        results: list[tuple[list[int], str]] = []
+        for first in range(0, len(prompts), size):
+            results += batch_generate(self, prompts[first : first + size], config)
+        self.finish_reasons = [reason for _, reason in results]
+        return [tokens for tokens, _ in results]
+
+    def generate_batch(self, prompts: list[str | list[int]], config: GenerationConfig | None = None) -> list[str]:
+        """The text of each prompt (as `generate` gives it alone), generated as one batch."""
+        config = config or GenerationConfig()
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (list, tuple)):
+            raise InputError("generate_batch takes a list of prompts (strings or token id lists)")
+        ids = [self.tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
+        return ["".join(self.text_of(iter(tokens), config)) for tokens in self.tokens_batch(ids, config)]

@@ -1,4 +1,4 @@
-"""Running a bundle: `edgetx generate` (decoders) and `edgetx embed` (encoders)."""
+"""Running a bundle: `edgetx generate` and `edgetx chat` (decoders), and `edgetx embed` (encoders)."""
 
 from __future__ import annotations
 
@@ -15,39 +15,74 @@ from edgetx.errors import EdgetxError
 from edgetx.runtimes.backend import REFERENCE_BACKEND
 
 
+def _sampling(command):
+    """The options generate and chat share: how many tokens, how to pick them, where to run."""
+    for option in reversed([
+        click.option("--max-tokens", "-n", default=128, show_default=True, help="New tokens to generate at most."),
+        click.option("--temperature", "-t", default=0.0, show_default=True, help="0 = greedy."),
+        click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens."),
+        click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold."),
+        click.option("--seed", type=int, default=None, help="Random seed for sampling."),
+        click.option("--stop", multiple=True, help="Stop when this text appears (repeatable; not printed)."),
+        click.option("--variant", default="fp32", show_default=True),
+        click.option("--backend", default=REFERENCE_BACKEND, show_default=True),
+        click.option("--threads", type=int, default=None),
+    ]):
+        command = option(command)
+    return command
+
+
+def _generator_and_config(bundle: Path, variant: str, backend: str, threads: int | None, max_tokens: int,
+                          temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
+                          stop: tuple[str, ...]):
+    from edgetx.runtimes import GenerationConfig, Generator, Session
+
+    generator = Generator(Session(bundle, variant=variant, backend=backend, threads=threads))
+    config = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                              seed=seed, stop=tuple(s.encode() for s in stop))
+    return generator, config
+
+
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--prompt", "-p", required=True, help="Text to continue.")
-@click.option("--max-tokens", "-n", default=128, show_default=True, help="New tokens to generate at most.")
-@click.option("--temperature", "-t", default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens.")
-@click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold.")
-@click.option("--seed", type=int, default=None, help="Random seed for sampling.")
-@click.option("--stop", multiple=True, help="Stop when this text appears (repeatable; not printed).")
+@click.option("--prompt", "-p", help="Text to continue.")
+@click.option("--prompts-file", type=click.File("r", encoding="utf-8"),
+              help="Continue each line of this file ('-' = stdin), as one batch; prints JSON.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt as a user message with the bundle's chat template.")
-@click.option("--variant", default="fp32", show_default=True)
-@click.option("--backend", default=REFERENCE_BACKEND, show_default=True)
-@click.option("--threads", type=int, default=None)
-def generate(bundle: Path, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
-             top_p: float | None, seed: int | None, stop: tuple[str, ...], chat: bool, variant: str, backend: str,
-             threads: int | None) -> None:
-    """Generate text from BUNDLE, streaming it to stdout.
+@_sampling
+def generate(bundle: Path, prompt: str | None, prompts_file, chat: bool, max_tokens: int, temperature: float,
+             top_k: int | None, top_p: float | None, seed: int | None, stop: tuple[str, ...], variant: str,
+             backend: str, threads: int | None) -> None:
+    """Generate text from BUNDLE, streaming it to stdout (or, with --prompts-file, a batch of prompts at once:
+    each row the text it gets alone, finished rows leaving the batch).
 
     \b
     Examples:
       edgetx generate dist/edgetx-gpt --prompt "import os" -n 200
       edgetx generate dist/edgetx-gpt -p "def " -t 0.8 --top-p 0.95 --seed 1 --stop $'\\n\\n'
       edgetx generate dist/smollm2 --chat -p "What is the capital of France?"
+      edgetx generate dist/smollm2 --prompts-file questions.txt --chat -n 64 > answers.json
     """
-    from edgetx.runtimes import GenerationConfig, Generator, Session
     from edgetx.runtimes.tokenizer import apply_chat_template
 
-    session = Session(bundle, variant=variant, backend=backend, threads=threads)
-    generator = Generator(session)
-    config = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              seed=seed, stop=tuple(s.encode() for s in stop))
-    text = apply_chat_template(session.bundle.manifest.tokenizer, [{"role": "user", "content": prompt}]) \
-        if chat else prompt
+    if (prompt is None) == (prompts_file is None):
+        raise EdgetxError("give the text to continue with --prompt, or a file of prompts with --prompts-file (one "
+                          "of them)")
+    generator, config = _generator_and_config(bundle, variant, backend, threads, max_tokens, temperature, top_k,
+                                              top_p, seed, stop)
+    session = generator.session
+    wrap = (lambda p: apply_chat_template(session.bundle.manifest.tokenizer, [{"role": "user", "content": p}])) \
+        if chat else (lambda p: p)
+    if prompts_file is not None:
+        prompts = [line.rstrip("\n") for line in prompts_file if line.strip()]
+        if not prompts:
+            raise EdgetxError("the prompts file has no prompts (one per line)")
+        texts = generator.generate_batch([wrap(p) for p in prompts], config)
+        click.echo(json.dumps([{"prompt": p, "text": t, "finish_reason": r}
+                               for p, t, r in zip(prompts, texts, generator.finish_reasons)], ensure_ascii=False))
+        console.print(f"[dim]{variant} on {backend}: {len(prompts)} prompts, {generator.stats.new_tokens} new tokens[/]")
+        return
+    text = wrap(prompt)
     out = sys.stdout
     pieces = generator.stream(text, config)
     first = next(pieces, "")  # a prompt the bundle cannot take fails here, before anything is printed
@@ -59,6 +94,40 @@ def generate(bundle: Path, prompt: str, max_tokens: int, temperature: float, top
     out.write("\n")
     console.print(f"[dim]{variant} on {backend}: {generator.stats.summary()}; "
                   f"stopped by {generator.finish_reason}[/]")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--system", default=None, help="A system message to start the conversation with.")
+@_sampling
+def chat(bundle: Path, system: str | None, max_tokens: int, temperature: float, top_k: int | None,
+         top_p: float | None, seed: int | None, stop: tuple[str, ...], variant: str, backend: str,
+         threads: int | None) -> None:
+    """Chat with BUNDLE: one message per line on stdin, each reply on stdout. The KV cache is kept from turn to
+    turn, so a turn costs its new tokens only (the reply equals a fresh run over the whole history).
+
+    \b
+    Examples:
+      edgetx chat dist/smollm2 --system "You are terse."
+      printf 'Hi\\nWhat is a list?\\n' | edgetx chat dist/smollm2 -n 64
+    """
+    from edgetx.runtimes import ChatSession
+
+    generator, config = _generator_and_config(bundle, variant, backend, threads, max_tokens, temperature, top_k,
+                                              top_p, seed, stop)
+    session = ChatSession(generator, system=system)
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            click.echo("> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        click.echo(session.send(line.rstrip("\n"), config))
+        console.print(f"[dim]{generator.stats.summary()}; {session.reused_tokens} tokens from the cache; stopped by "
+                      f"{session.finish_reason}[/]")
 
 
 @main.command()

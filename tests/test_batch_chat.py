@@ -1,0 +1,160 @@
+"""Batched generation and chat sessions that keep the cache: the same tokens as one prompt at a time and as a fresh
+run over the whole history, on tiny random-init decoders of many families (fp32, unfused; one fused with
+GroupQueryAttention)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hf_models import save_tiny
+from edgetx.build import build
+from edgetx.cli import main
+from edgetx.errors import EdgetxError
+from edgetx.runtimes import ChatSession, GenerationConfig, Generator, Session
+from edgetx.runtimes.tokenizer import apply_chat_template
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import coverage  # noqa: E402
+
+PROMPTS = ["def main():", "import os\nimport sys\n", "x", "class Foo(object):\n    def __init__(self):"]
+# learned and rotary positions, ALiBi, offsets, sliding windows, partial rotary, parallel residual; bart's decoder
+# is not padding-invariant in PyTorch itself (its prompts run one at a time)
+FAMILIES = ["llama", "gpt2", "bloom", "opt", "gemma2", "phi3", "gpt_neox", "bart"]
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    cache = {}
+
+    def get(model_type: str, **options) -> Path:
+        key = (model_type, tuple(sorted(options.items())))
+        if key not in cache:
+            root = tmp_path_factory.mktemp(model_type)
+            coverage.make_model(model_type, "causal-lm", root / "model")
+            options = {"optimize": False, **options}
+            cache[key] = build(root / "model", root / "bundle", quantize=(), **options).path
+        return cache[key]
+
+    return get
+
+
+def _solo_and_batch(generator: Generator, config: GenerationConfig) -> tuple[list, list, list, list]:
+    ids = [generator.tokenizer.encode(p) for p in PROMPTS]
+    solo, reasons = [], []
+    for prompt in ids:
+        solo.append(list(generator.tokens(prompt, config)))
+        reasons.append(generator.finish_reason)
+    return solo, reasons, generator.tokens_batch(ids, config), generator.finish_reasons
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_a_batch_gives_each_prompt_its_own_tokens(decoder, model_type):
+    """Ragged prompts left-padded into one batch: greedy and seeded sampling give each prompt the tokens it gets
+    alone; with end tokens met at different steps, rows leave the batch one by one and the rest go on unchanged."""
+    generator = Generator(Session(decoder(model_type)))
+    greedy = GenerationConfig(max_new_tokens=24)
+    first, *_ = _solo_and_batch(generator, greedy)
+    generator.tokenizer.eos_token_ids = {first[0][min(2, len(first[0]) - 1)], first[2][min(9, len(first[2]) - 1)]}  # rows 0, 2 end early
+    for config in (greedy, GenerationConfig(max_new_tokens=16, temperature=0.9, top_k=40, seed=7)):
+        solo, reasons, batch, batch_reasons = _solo_and_batch(generator, config)
+        assert batch == solo and batch_reasons == reasons, (model_type, config)
+        if config is greedy:  # rows did leave the batch at different steps
+            assert batch_reasons.count("eos") >= 2 and len({len(t) for t in batch}) > 1, batch_reasons
+
+
+@pytest.mark.slow
+def test_a_batch_on_the_fused_graph_with_group_query_attention(decoder):
+    import onnx
+
+    bundle = decoder("llama", candidates=("ort-fusions",), optimize=True)
+    graph = onnx.load(bundle / "fp32/model.onnx", load_external_data=False).graph
+    assert any(n.op_type == "GroupQueryAttention" for n in graph.node)
+    generator = Generator(Session(bundle))
+    solo, _, batch, _ = _solo_and_batch(generator, GenerationConfig(max_new_tokens=24))
+    assert batch == solo
+
+
+@pytest.mark.slow
+def test_generate_batch_texts_and_stop_sequences_match_one_at_a_time(decoder, tmp_path):
+    generator = Generator(Session(decoder("llama")))
+    config = GenerationConfig(max_new_tokens=20)
+    texts = [generator.generate(p, config) for p in PROMPTS]
+    stop = next(t[3:5] for t in texts if len(t) > 6).encode("utf-8")  # a piece one of the texts contains
+    config = GenerationConfig(max_new_tokens=20, stop=(stop,))
+    alone = [generator.generate(p, config) for p in PROMPTS]
+    assert generator.generate_batch(PROMPTS, config) == alone and "stop" in generator.finish_reasons
+    one_line = [PROMPTS[0], PROMPTS[2]]
+    (tmp_path / "prompts.txt").write_text("\n".join(one_line) + "\n\n")
+    result = CliRunner().invoke(main, ["generate", str(decoder("llama")), "--prompts-file", str(tmp_path / "prompts.txt"),
+                                       "-n", "20"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    rows = json.loads(result.stdout)
+    assert [r["prompt"] for r in rows] == one_line and [r["text"] for r in rows] == [texts[0], texts[2]]
+    with pytest.raises(EdgetxError, match="prompt 1 is empty"):
+        generator.tokens_batch([[1, 2], []])
+    with pytest.raises(EdgetxError, match="list of prompts"):
+        generator.generate_batch("one prompt")
+    result = CliRunner().invoke(main, ["generate", str(decoder("llama"))])
+    assert result.exit_code == 1 and "--prompt, or a file of prompts" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def chat_bundle(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("chat")
+    folder = save_tiny("llama", root / "model")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return build(folder, root / "bundle", optimize=False, quantize=()).path
+
+
+@pytest.mark.slow
+def test_a_chat_keeps_its_cache_and_each_reply_is_a_fresh_runs(chat_bundle):
+    """Turn N feeds only the tokens after what the cache holds, and its reply equals a fresh run over the whole
+    history (greedy and seeded sampling)."""
+    for config in (GenerationConfig(max_new_tokens=12), GenerationConfig(max_new_tokens=12, temperature=0.8, seed=3)):
+        chat = ChatSession(Generator(Session(chat_bundle)), system="You are terse.")
+        previous = 0  # the last turn's prompt length: what this turn finds in the cache, give or take a merge
+        for turn, message in enumerate(["Hi there", "What is a list?", "And a dict?", "Thanks"]):
+            reply = chat.send(message, config)
+            history = chat.messages[:-1]
+            assert chat.messages[-1] == {"role": "assistant", "content": reply}
+            fresh = Generator(Session(chat_bundle)).generate(apply_chat_template(chat.spec, history), config)
+            assert reply == fresh, (turn, reply, fresh)
+            prompt = chat.generator.tokenizer.encode(apply_chat_template(chat.spec, history))
+            assert chat.cached_ids[: len(prompt)] == prompt  # the cache holds the history, position by position
+            # BPE may merge the last prompt token with the reply's first characters (no special tokens here)
+            assert chat.reused_tokens >= previous - 2 and (chat.reused_tokens > 0) == (turn > 0), (turn, previous)
+            previous = len(prompt)
+
+
+@pytest.mark.slow
+def test_chat_cli_and_bad_requests(chat_bundle, decoder):
+    result = CliRunner().invoke(main, ["chat", str(chat_bundle), "-n", "6"], input="Hi there\n\nWhat is a list?\n")
+    assert result.exit_code == 0, result.output
+    replies = result.stdout.splitlines()
+    chat = ChatSession(Generator(Session(chat_bundle)))
+    config = GenerationConfig(max_new_tokens=6)
+    assert replies == [chat.send("Hi there", config), chat.send("What is a list?", config)]
+    assert "tokens from the cache" in result.stderr
+    with pytest.raises(EdgetxError, match="no chat template"):
+        ChatSession(Generator(Session(decoder("llama"))))
+    with pytest.raises(EdgetxError, match="non-empty message"):
+        chat.send("")
+    messages = list(chat.messages)
+    with pytest.raises(EdgetxError, match="the conversation has .* tokens"):
+        chat.send("word " * 400)
+    assert chat.messages == messages  # a refused turn leaves the history as it was
+    assert chat.send("Thanks", config) == Generator(Session(chat_bundle)).generate(
+        apply_chat_template(chat.spec, chat.messages[:-1]), config)
