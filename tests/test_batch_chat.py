@@ -158,3 +158,18 @@ def test_chat_cli_and_bad_requests(chat_bundle, decoder):
     assert chat.messages == messages  # a refused turn leaves the history as it was
     assert chat.send("Thanks", config) == Generator(Session(chat_bundle)).generate(
         apply_chat_template(chat.spec, chat.messages[:-1]), config)
+
+
+@pytest.mark.slow
+def test_bench_measures_batched_decode_against_batch_1(decoder):
+    import json
+
+    result = CliRunner().invoke(main, ["bench", str(decoder("llama")), "-p", "8", "-n", "4", "--batch-sizes", "1,4",
+                                       "--threads", "1", "--repeats", "1", "--json", "--no-save"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    (batched,) = row["batched_decode"]
+    assert batched["batch"] == 4 and batched["decode_tokens_per_s"] > 0 and batched["x_batch_1"] > 0
+    result = CliRunner().invoke(main, ["bench", str(decoder("llama")), "-p", "8", "-n", "4", "--threads", "1",
+                                       "--repeats", "1", "--json", "--no-save"])
+    assert "batched_decode" not in json.loads(result.stdout)[0]  # only when asked: --batch-sizes

@@ -26,7 +26,8 @@ def _ints(text: str, allow_default: bool = False) -> tuple:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("-p", "--prompt-tokens", default=128, show_default=True, help="Decoders: prompt length.")
 @click.option("-n", "--new-tokens", default=64, show_default=True, help="Decoders: tokens to generate.")
-@click.option("--batch-sizes", default="1,8", show_default=True, help="Encoders and vision models: batch sizes.")
+@click.option("--batch-sizes", default=None, help="Encoders and vision models: batch sizes [default: 1,8]. "
+              "Decoders: also decode this many rows at once (aggregate tok/s against batch 1), e.g. 1,8.")
 @click.option("--seq-lens", default="128", show_default=True, help="Encoders: sequence lengths.")
 @click.option("--threads", "threads_text", default="default", show_default=True,
               help="Thread counts to sweep, e.g. 1,2 ('default' = the backend's).")
@@ -36,7 +37,7 @@ def _ints(text: str, allow_default: bool = False) -> tuple:
 @click.option("--warmup", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option("--no-save", is_flag=True, help="Do not store the results in the bundle's manifest.")
-def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, seq_lens: str, threads_text: str,
+def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str | None, seq_lens: str, threads_text: str,
           variants: tuple[str, ...], backend: str, repeats: int, warmup: int, as_json: bool, no_save: bool) -> None:
     """Measure BUNDLE's variants on a backend (torch-free; runs on a device).
 
@@ -44,6 +45,7 @@ def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, s
     Examples:
       edgetx bench dist/smollm2 -p 128 -n 64 --threads 1,2
       edgetx bench dist/minilm --batch-sizes 1,8,32 --seq-lens 64,128 --json > bench.json
+      edgetx bench dist/smollm2 -n 64 --batch-sizes 1,8 --threads 2   # batched decode throughput
     """
     from edgetx.measure.bench import BenchConfig
     from edgetx.measure.bench import bench as run_bench
@@ -52,7 +54,9 @@ def bench(bundle: Path, prompt_tokens: int, new_tokens: int, batch_sizes: str, s
     loaded = Bundle.load(bundle)
     if repeats < 1 or warmup < 0:
         raise EdgetxError("--repeats must be >= 1 and --warmup >= 0")
-    cfg = BenchConfig(prompt_tokens, new_tokens, _ints(batch_sizes), _ints(seq_lens), warmup, repeats)
+    sizes = _ints(batch_sizes) if batch_sizes is not None else (1, 8)
+    cfg = BenchConfig(prompt_tokens, new_tokens, sizes, _ints(seq_lens), warmup, repeats,
+                      decode_batch_sizes=tuple(b for b in sizes if b > 1) if batch_sizes is not None else ())
     with progress.stage("benchmarking"):
         results = run_bench(loaded, list(variants) or None, backend, _ints(threads_text, allow_default=True), cfg)
     if as_json:

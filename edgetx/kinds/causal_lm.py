@@ -252,11 +252,32 @@ class CausalLM(ModelKind):
                 prefill_s.append(first)
                 steps_ms += step_ms
         ttft = statistics.median(prefill_s)
+        decode = 1e3 / statistics.mean(steps_ms) if steps_ms else None
+        batched = [{"batch": b, **self._batched_decode(session, prompt, b, config)}
+                   for b in getattr(config, "decode_batch_sizes", ())]
+        for row in batched:
+            row["x_batch_1"] = row["decode_tokens_per_s"] / decode if decode else None
         return {"prompt_tokens": config.prompt_tokens, "new_tokens": config.new_tokens,
                 "time_to_first_token_ms": ttft * 1e3, "ttft_min_ms": min(prefill_s) * 1e3,
                 "ttft_max_ms": max(prefill_s) * 1e3, "prefill_tokens_per_s": config.prompt_tokens / ttft,
-                "decode_tokens_per_s": 1e3 / statistics.mean(steps_ms) if steps_ms else None,
-                "decode_token_latency": percentiles(steps_ms) if steps_ms else {}}
+                "decode_tokens_per_s": decode, "decode_token_latency": percentiles(steps_ms) if steps_ms else {},
+                **({"batched_decode": batched} if batched else {})}
+
+    @staticmethod
+    def _batched_decode(session: Any, prompt: np.ndarray, batch: int, config: Any) -> dict:
+        """`batch` rows of the prompt prefilled together, then decoded together: rows x steps / decode seconds."""
+        rows = np.repeat(prompt, batch, axis=0)
+        step_s = []
+        for rep in range(config.warmup + config.repeats):
+            loop = DecodeLoop(session.run, session.inputs, batch=batch)
+            tokens = loop.prefill(rows, logits_to_keep=1)["logits"][:, -1].argmax(-1)
+            started = time.perf_counter()
+            for _ in range(config.new_tokens - 1):
+                tokens = loop.step(list(tokens))["logits"][:, -1].argmax(-1)
+            if rep >= config.warmup and config.new_tokens > 1:
+                step_s.append((time.perf_counter() - started) / (config.new_tokens - 1))
+        step = statistics.median(step_s) if step_s else float("nan")
+        return {"decode_tokens_per_s": batch / step, "step_ms": step * 1e3}
 
     def bench_extras(self, bundle: Any, results: list[dict]) -> None:
         """Each result's decode step against this machine's read bandwidth (edgetx.measure.roofline)."""
@@ -282,6 +303,14 @@ class CausalLM(ModelKind):
                              f"after {r0['warmup']} warm-up",
                              ("variant", "backend", "threads", "MB", "load ms", "TTFT ms", "prefill tok/s",
                               "decode tok/s", "token p50/p90/p99 ms", "peak RSS MB"), rows)]
+        batched = [(r, b) for r in results for b in r.get("batched_decode", [])]
+        if batched:
+            tables.append(BenchTable(
+                "batched decode: rows decoded together (the same prompt per row), aggregate tokens per second",
+                ("variant", "threads", "batch", "step ms", "decode tok/s", "x batch 1"),
+                [(r["variant"], str(r["threads"]), str(b["batch"]), f"{b['step_ms']:.2f}",
+                  f"{b['decode_tokens_per_s']:.1f}", f"{b['x_batch_1']:.2f}x" if b.get("x_batch_1") else "-")
+                 for r, b in batched]))
         bounds = [r["memory_bound"] for r in results if "memory_bound" in r]
         if bounds:
             tables.append(BenchTable(

@@ -30,6 +30,7 @@ class BenchConfig:
     seq_lens: tuple[int, ...] = (128,)
     warmup: int = 1
     repeats: int = 3
+    decode_batch_sizes: tuple[int, ...] = ()  # decoders: also decode these many rows at once (aggregate tok/s)
 
 
 def _rss_mb() -> dict[str, float]:
