@@ -50,8 +50,10 @@ class ZeroShotImage(ImageEncoder):
     described_as = "an image-text dual encoder"
     helpers = frozenset({"embed_image", "embed_text", "zero_shot"})
     components = (TEXT,)
-    # measured on the tiny CLIP and SigLIP (tests/test_vision.py::test_dual_encoder_default_build_gates): both towers
-    # quantized, each calibrated on its own held-out photos or prompts
+    # each tower calibrated on its own held-out photos or prompts. Measured on the tiny random-init towers (hidden 32-64,
+    # 48 photos + 24 prompts): CLIP int8-static-minmax cosine mean image 0.9991 / text 0.9997, zero-shot labels agree
+    # 0.979; int8 0.9999 / 0.9999, 1.000. SigLIP int8-static-minmax misses with both towers (image cosine min 0.9899)
+    # and holds with the text tower alone; int8 0.9997 / 0.9999, 0.979.
     default_schemes = ("int8-static-minmax", "int8")
 
     def component_io_problem(self, component: str, inputs: list[dict], outputs: list[dict]) -> str | None:
