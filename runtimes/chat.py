@@ -66,7 +66,7 @@ class ChatSession:
         generated: list[int] = []
         try:
             reply = "".join(self.generator.text_of(
-                _recording(self.generator.continue_from(self.loop, ids[keep:], config), generated), config))
+                _recording(self.generator.continue_from(self.loop, ids[keep:], config, ids[:keep]), generated), config))
         except BaseException:  # the turn did not happen: the cache keeps only what the next turn can trust
             self.messages.pop()
             self.loop.cache = {name: value[:, :, :keep] for name, value in self.loop.cache.items()}

@@ -25,6 +25,7 @@ from edgetx.kinds import require_helper
 from edgetx.kinds.base import rows_per_run
 from edgetx.kinds.decoding import DecodeLoop
 from edgetx.runtimes.batch import batch_generate
+from edgetx.runtimes.lookup import PromptLookup
 from edgetx.runtimes.session import Session
 from edgetx.runtimes.tokenizer import Tokenizer
 
@@ -36,10 +37,12 @@ class GenerationConfig:
     top_p: float | None = None  # keep the smallest set whose probability reaches p
     seed: int | None = None  # for sampling; same seed, same text
     stop: tuple[bytes, ...] = ()  # stop when the output contains one of these (not emitted)
+    prompt_lookup: int = 0  # greedy: draft up to this many tokens from the context and check them in one run
 
     def check(self) -> None:
         for name, kinds in (("max_new_tokens", Integral), ("temperature", Real), ("top_k", (Integral, type(None))),
-                            ("top_p", (Real, type(None))), ("seed", (Integral, type(None))), ("stop", (tuple, list))):
+                            ("top_p", (Real, type(None))), ("seed", (Integral, type(None))), ("stop", (tuple, list)),
+                            ("prompt_lookup", Integral)):
             value = getattr(self, name)
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise InputError(f"GenerationConfig.{name} has the wrong type: {value!r}")
@@ -57,6 +60,10 @@ class GenerationConfig:
             raise InputError(f"seed must be >= 0, got {self.seed}")
         if any(not isinstance(s, bytes) or not s for s in self.stop):
             raise InputError("stop sequences must be non-empty bytes")
+        if self.prompt_lookup < 0:
+            raise InputError(f"prompt_lookup must be >= 0 (draft tokens per run; 0 = off), got {self.prompt_lookup}")
+        if self.prompt_lookup and self.temperature != 0:
+            raise InputError("prompt lookup drafts are checked by greedy decoding: use it with temperature 0")
 
 
 def sample_next(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
@@ -110,9 +117,13 @@ class GenerationStats:
     new_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    runs: int = 0  # model runs (with prompt lookup, one run may give several tokens)
+    drafted: int = 0  # prompt-lookup tokens proposed
+    accepted: int = 0  # of those, the ones the model picked too
 
-    def add_step(self, seconds: float, prefill: bool) -> None:
-        self.new_tokens += 1
+    def add_step(self, seconds: float, prefill: bool, tokens: int = 1) -> None:
+        self.new_tokens += tokens
+        self.runs += 1
         if prefill:
             self.prefill_seconds += seconds
         else:
@@ -127,6 +138,8 @@ class GenerationStats:
         text = f"{self.prompt_tokens} prompt tokens, first token after {self.prefill_seconds * 1e3:.1f} ms"
         if self.decode_tokens_per_second:
             text += f", {self.new_tokens} new tokens at {self.decode_tokens_per_second:.1f} tokens/s"
+        if self.drafted:
+            text += f"; prompt lookup: {self.accepted} of {self.drafted} drafted tokens accepted, {self.runs} runs"
         return text
 
 
@@ -172,33 +185,55 @@ class Generator:
         self.stats = GenerationStats(prompt_tokens=len(ids))
         yield from self.continue_from(DecodeLoop(self.session.run, self.session.inputs), ids, config)
 
-    def continue_from(self, loop: DecodeLoop, ids: list[int], config: GenerationConfig) -> Iterator[int]:
-        """Feed `ids` on top of `loop`'s cache, then yield new token ids one at a time; the last one yielded is not
-        fed (the cache then holds everything before it). A chat session continues its own loop this way."""
+    def continue_from(self, loop: DecodeLoop, ids: list[int], config: GenerationConfig,
+                      history: list[int] = ()) -> Iterator[int]:
+        """Feed `ids` on top of `loop`'s cache (which holds `history`), then yield new token ids one at a time; the
+        last one yielded is not fed (the cache then holds everything before it). A chat session continues its own
+        loop this way. With `config.prompt_lookup`, each run also checks tokens drafted from the context
+        (edgetx.runtimes.lookup): the same tokens as without it, in fewer runs where the output copies its context."""
         rng = np.random.default_rng(config.seed)
+        lookup = PromptLookup([*history, *ids]) if config.prompt_lookup else None
         self.finish_reason = None
-        step_ids = np.array([ids], dtype=np.int64)
-        for produced in range(config.max_new_tokens + 1):
+        feed, produced = list(ids), 0
+        while True:
             if produced == config.max_new_tokens:
                 self.finish_reason = "length"
                 return
-            if loop.past + step_ids.shape[1] > self.max_positions:
+            if loop.past + len(feed) > self.max_positions:
                 self.finish_reason = "context"
                 return
-            feeds = loop.feeds(step_ids, logits_to_keep=1)
+            room = min(config.prompt_lookup, config.max_new_tokens - produced - 1,
+                       self.max_positions - loop.past - len(feed))
+            draft = lookup.draft(room) if lookup is not None and produced else []
+            past = loop.past
+            feeds = loop.feeds(np.array([feed + draft], dtype=np.int64), logits_to_keep=1 + len(draft))
             started = time.perf_counter()
             outputs = self.session.run(feeds)
-            self.stats.add_step(time.perf_counter() - started, prefill=produced == 0)
-            logits = loop.advance(outputs)["logits"][0, -1]
+            logits = loop.advance(outputs)["logits"][0, -1 - len(draft):]
             if not np.isfinite(logits).all():
                 raise BackendError(f"{self.session.model_path} produced non-finite logits (NaN/inf) at position {loop.past}: "
                                    "the variant is damaged or numerically unstable; check it with `edgetx verify`")
-            token = sample_next(logits, config, rng)
-            yield token
-            if token in self.tokenizer.eos_token_ids:
-                self.finish_reason = "eos"
-                return
-            step_ids = np.array([[token]], dtype=np.int64)
+            if draft:  # the draft's prefix the model picks too, then the model's own next token
+                picks = logits.argmax(-1)
+                accepted = next((i for i, (d, p) in enumerate(zip(draft, picks)) if d != p), len(draft))
+                new = [int(t) for t in picks[: accepted + 1]]
+                loop.cache = {k: v[:, :, : past + len(feed) + accepted] for k, v in loop.cache.items()}
+                self.stats.drafted, self.stats.accepted = self.stats.drafted + len(draft), self.stats.accepted + accepted
+            else:
+                new = [sample_next(logits[-1], config, rng)]
+            self.stats.add_step(time.perf_counter() - started, prefill=produced == 0, tokens=len(new))
+            for token in new:
+                produced += 1
+                yield token
+                if token in self.tokenizer.eos_token_ids:
+                    self.finish_reason = "eos"
+                    return
+                if produced == config.max_new_tokens:
+                    self.finish_reason = "length"
+                    return
+            if lookup is not None:
+                lookup.extend(new)
+            feed = [new[-1]]
 
     def stream(self, prompt: str | list[int], config: GenerationConfig | None = None) -> Iterator[str]:
         """Yield text as it is generated; stop sequences end the text and are not included.

@@ -1,6 +1,6 @@
-"""Batched generation and chat sessions that keep the cache: the same tokens as one prompt at a time and as a fresh
-run over the whole history, on tiny random-init decoders of many families (fp32, unfused; one fused with
-GroupQueryAttention)."""
+"""Batched generation, chat sessions that keep the cache, and prompt-lookup drafts: the same tokens as one prompt
+at a time, as a fresh run over the whole history, and as plain greedy decoding, on tiny random-init decoders of many
+families (fp32, unfused; one fused with GroupQueryAttention)."""
 
 from __future__ import annotations
 
@@ -173,3 +173,47 @@ def test_bench_measures_batched_decode_against_batch_1(decoder):
     result = CliRunner().invoke(main, ["bench", str(decoder("llama")), "-p", "8", "-n", "4", "--threads", "1",
                                        "--repeats", "1", "--json", "--no-save"])
     assert "batched_decode" not in json.loads(result.stdout)[0]  # only when asked: --batch-sizes
+
+
+def test_prompt_lookup_drafts_what_followed_the_latest_match():
+    from edgetx.runtimes.lookup import PromptLookup
+
+    lookup = PromptLookup([1, 2, 3, 4, 5, 9, 2, 3, 7, 8])
+    assert lookup.draft(3) == []  # the suffix (7, 8), (8) never occurred before
+    lookup.extend([2, 3])
+    assert lookup.draft(2) == [7, 8]  # (8, 2, 3) is new; (2, 3) last continued by 7
+    assert lookup.draft(0) == []
+    lookup.extend([4])
+    assert lookup.draft(5) == [5, 9, 2, 3, 7]  # (2, 3, 4) matched at the start
+    with pytest.raises(EdgetxError, match="use it with temperature 0"):
+        GenerationConfig(prompt_lookup=4, temperature=0.7).check()
+    with pytest.raises(EdgetxError, match="prompt_lookup must be >= 0"):
+        GenerationConfig(prompt_lookup=-1).check()
+
+
+REPEATING = "def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return a + b\n\ndef add(a, b):\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "bloom", "llama-fused"])
+def test_prompt_lookup_gives_the_greedy_tokens_in_fewer_runs(decoder, model_type):
+    bundle = decoder("llama", candidates=("ort-fusions",), optimize=True) if model_type == "llama-fused" \
+        else decoder(model_type)
+    generator = Generator(Session(bundle))
+    ids = generator.tokenizer.encode(REPEATING)
+    plain = list(generator.tokens(ids, GenerationConfig(max_new_tokens=40)))
+    assert generator.stats.runs == 40
+    drafted = list(generator.tokens(ids, GenerationConfig(max_new_tokens=40, prompt_lookup=8)))
+    stats = generator.stats
+    assert drafted == plain and generator.finish_reason == "length"
+    assert stats.accepted > 0 and stats.runs < 40 and stats.new_tokens == 40, stats
+
+
+@pytest.mark.slow
+def test_a_chat_with_prompt_lookup_replies_as_a_fresh_greedy_run(chat_bundle):
+    chat = ChatSession(Generator(Session(chat_bundle)))
+    for message in ("Repeat: one two three one two three", "Again: one two three"):
+        reply = chat.send(message, GenerationConfig(max_new_tokens=16, prompt_lookup=6))
+        fresh = Generator(Session(chat_bundle)).generate(apply_chat_template(chat.spec, chat.messages[:-1]),
+                                                         GenerationConfig(max_new_tokens=16))
+        assert reply == fresh

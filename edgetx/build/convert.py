@@ -242,12 +242,13 @@ def add_fixed(bundle: Bundle, dims: dict[str, int], variants: list[str] | None =
             for name, result in results.items():
                 entry = manifest["variants"][name]
                 entry.setdefault("formats", {})[FIXED_FORMAT] = result["file"]
-                for graph, copy in (result.get("components") or {}).items():
+                others = result.get("components") or {}
+                for graph, copy in others.items():
                     entry.setdefault("component_formats", {}).setdefault(graph, {})[FIXED_FORMAT] = copy["file"]
-                entry["fixed_shape"] = {"dims": dims, "max_abs_vs_dynamic": max(
-                    [result["max_abs_vs_dynamic"], *(c["max_abs_vs_dynamic"] for c in (result.get("components") or {}).values())]),
-                    "check": "; ".join([result["check"], *(f"{g}: {c['check']}" for g, c in (result.get("components") or {}).items())]),
-                    **({"transform": transform_name} if transform_name else {})}
+                checks = [result["check"], *(f"{graph}: {copy['check']}" for graph, copy in others.items())]
+                worst = max(copy["max_abs_vs_dynamic"] for copy in [result, *others.values()])
+                entry["fixed_shape"] = {"dims": dims, "max_abs_vs_dynamic": worst, "check": "; ".join(checks),
+                                        **({"transform": transform_name} if transform_name else {})}
 
         bundle.add_files(new_files, record)
     return results

@@ -24,6 +24,9 @@ def _sampling(command):
         click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold."),
         click.option("--seed", type=int, default=None, help="Random seed for sampling."),
         click.option("--stop", multiple=True, help="Stop when this text appears (repeatable; not printed)."),
+        click.option("--prompt-lookup", type=int, default=0, show_default=True, metavar="N",
+                     help="Greedy only: draft up to N tokens from the context and check them in one run (the same "
+                          "text, faster where the output copies its input: code edits, quotes)."),
         click.option("--variant", default="fp32", show_default=True),
         click.option("--backend", default=REFERENCE_BACKEND, show_default=True),
         click.option("--threads", type=int, default=None),
@@ -34,12 +37,13 @@ def _sampling(command):
 
 def _generator_and_config(bundle: Path, variant: str, backend: str, threads: int | None, max_tokens: int,
                           temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
-                          stop: tuple[str, ...]):
+                          stop: tuple[str, ...], prompt_lookup: int = 0):
     from edgetx.runtimes import GenerationConfig, Generator, Session
 
     generator = Generator(Session(bundle, variant=variant, backend=backend, threads=threads))
     config = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              seed=seed, stop=tuple(s.encode() for s in stop))
+                              seed=seed, stop=tuple(s.encode() for s in stop), prompt_lookup=prompt_lookup)
+    config.check()  # a bad option fails before anything runs
     return generator, config
 
 
@@ -51,8 +55,8 @@ def _generator_and_config(bundle: Path, variant: str, backend: str, threads: int
 @click.option("--chat", is_flag=True, help="Wrap the prompt as a user message with the bundle's chat template.")
 @_sampling
 def generate(bundle: Path, prompt: str | None, prompts_file, chat: bool, max_tokens: int, temperature: float,
-             top_k: int | None, top_p: float | None, seed: int | None, stop: tuple[str, ...], variant: str,
-             backend: str, threads: int | None) -> None:
+             top_k: int | None, top_p: float | None, seed: int | None, stop: tuple[str, ...], prompt_lookup: int,
+             variant: str, backend: str, threads: int | None) -> None:
     """Generate text from BUNDLE, streaming it to stdout (or, with --prompts-file, a batch of prompts at once:
     each row the text it gets alone, finished rows leaving the batch).
 
@@ -62,6 +66,7 @@ def generate(bundle: Path, prompt: str | None, prompts_file, chat: bool, max_tok
       edgetx generate dist/edgetx-gpt -p "def " -t 0.8 --top-p 0.95 --seed 1 --stop $'\\n\\n'
       edgetx generate dist/smollm2 --chat -p "What is the capital of France?"
       edgetx generate dist/smollm2 --prompts-file questions.txt --chat -n 64 > answers.json
+      edgetx generate dist/smollm2 --chat -p "Rename x to count: $(cat f.py)" --prompt-lookup 10
     """
     from edgetx.runtimes.tokenizer import apply_chat_template
 
@@ -69,7 +74,7 @@ def generate(bundle: Path, prompt: str | None, prompts_file, chat: bool, max_tok
         raise EdgetxError("give the text to continue with --prompt, or a file of prompts with --prompts-file (one "
                           "of them)")
     generator, config = _generator_and_config(bundle, variant, backend, threads, max_tokens, temperature, top_k,
-                                              top_p, seed, stop)
+                                              top_p, seed, stop, prompt_lookup)
     session = generator.session
     wrap = (lambda p: apply_chat_template(session.bundle.manifest.tokenizer, [{"role": "user", "content": p}])) \
         if chat else (lambda p: p)
@@ -101,7 +106,7 @@ def generate(bundle: Path, prompt: str | None, prompts_file, chat: bool, max_tok
 @click.option("--system", default=None, help="A system message to start the conversation with.")
 @_sampling
 def chat(bundle: Path, system: str | None, max_tokens: int, temperature: float, top_k: int | None,
-         top_p: float | None, seed: int | None, stop: tuple[str, ...], variant: str, backend: str,
+         top_p: float | None, seed: int | None, stop: tuple[str, ...], prompt_lookup: int, variant: str, backend: str,
          threads: int | None) -> None:
     """Chat with BUNDLE: one message per line on stdin, each reply on stdout. The KV cache is kept from turn to
     turn, so a turn costs its new tokens only (the reply equals a fresh run over the whole history).
@@ -114,7 +119,7 @@ def chat(bundle: Path, system: str | None, max_tokens: int, temperature: float, 
     from edgetx.runtimes import ChatSession
 
     generator, config = _generator_and_config(bundle, variant, backend, threads, max_tokens, temperature, top_k,
-                                              top_p, seed, stop)
+                                              top_p, seed, stop, prompt_lookup)
     session = ChatSession(generator, system=system)
     interactive = sys.stdin.isatty()
     while True:
