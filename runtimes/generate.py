@@ -193,6 +193,7 @@ class Generator:
         (edgetx.runtimes.lookup): the same tokens as without it, in fewer runs where the output copies its context."""
         rng = np.random.default_rng(config.seed)
         lookup = PromptLookup([*history, *ids]) if config.prompt_lookup else None
+        limit = config.prompt_lookup  # drafts grow while the model takes them whole, shrink when it does not
         self.finish_reason = None
         feed, produced = list(ids), 0
         while True:
@@ -202,8 +203,7 @@ class Generator:
             if loop.past + len(feed) > self.max_positions:
                 self.finish_reason = "context"
                 return
-            room = min(config.prompt_lookup, config.max_new_tokens - produced - 1,
-                       self.max_positions - loop.past - len(feed))
+            room = min(limit, config.max_new_tokens - produced - 1, self.max_positions - loop.past - len(feed))
             draft = lookup.draft(room) if lookup is not None and produced else []
             past = loop.past
             feeds = loop.feeds(np.array([feed + draft], dtype=np.int64), logits_to_keep=1 + len(draft))
@@ -219,6 +219,7 @@ class Generator:
                 new = [int(t) for t in picks[: accepted + 1]]
                 loop.cache = {k: v[:, :, : past + len(feed) + accepted] for k, v in loop.cache.items()}
                 self.stats.drafted, self.stats.accepted = self.stats.drafted + len(draft), self.stats.accepted + accepted
+                limit = min(limit + 2, config.prompt_lookup) if accepted == len(draft) else max(1, limit - 1)
             else:
                 new = [sample_next(logits[-1], config, rng)]
             self.stats.add_step(time.perf_counter() - started, prefill=produced == 0, tokens=len(new))
