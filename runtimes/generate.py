@@ -174,7 +174,7 @@ class Generator:
             raise InputError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
         if len(ids) + 1 > self.max_positions:
             raise InputError(f"{what} has {len(ids)} tokens; this model sees at most {self.max_positions} "
-                             "positions in all, so shorten it")
+                             f"positions in all, so shorten {what}")
         return ids
 
     def tokens(self, prompt_ids: list[int], config: GenerationConfig | None = None) -> Iterator[int]:
