@@ -1,5 +1,5 @@
-"""Decoding modes of a causal-LM bundle, side by side in one process: batched decode throughput against batch 1,
-and prompt-lookup speculative decoding against plain greedy decoding (the same tokens, checked), on a code-editing
+"""Decoding modes of a causal-LM bundle, side by side in one process: the KV cache kept bound to onnxruntime
+against passing it in and out as arrays, batched decode throughput against batch 1, and prompt-lookup speculative decoding against plain greedy decoding (the same tokens, checked), on a code-editing
 prompt (the reply copies the code) and a chat prompt (it does not).
 
     .venv/bin/python benchmarks/decoding.py dist/smollm2 [--variant fp32] [--threads 1,2] [--batch 8]
@@ -85,6 +85,33 @@ def lookup_rows(generator, new_tokens: int, draft: int, repeats: int) -> list[di
     return rows
 
 
+def cache_rows(session, new_tokens: int, repeats: int) -> dict:
+    """Greedy decode ms/token of the code prompt with the KV cache bound to the backend (the Generator's loop) and
+    passed as arrays, interleaved; and whether both pick the same tokens."""
+    from edgetx.kinds.decoding import DecodeLoop, decode_loop
+    from edgetx.runtimes import Generator
+
+    ids = np.array([prompt_ids(Generator(session), PROMPTS["code edit"])], np.int64)
+    step_ms: dict[str, list[float]] = {"bound": [], "arrays": []}
+    picked: dict[str, list[int]] = {}
+    for _ in range(repeats + 1):
+        for name in step_ms:
+            loop = decode_loop(session, ids.shape[1] + new_tokens) if name == "bound" else \
+                DecodeLoop(session.run, session.inputs)
+            tokens = [int(loop.prefill(ids, logits_to_keep=1)["logits"][0, -1].argmax())]
+            started = time.perf_counter()
+            for _ in range(new_tokens - 1):
+                tokens.append(int(loop.step(tokens[-1])["logits"][0, -1].argmax()))
+            step_ms[name].append((time.perf_counter() - started) * 1e3 / (new_tokens - 1))
+            picked[name] = tokens
+    bound, arrays = (statistics.median(step_ms[k][1:]) for k in ("bound", "arrays"))
+    loop = decode_loop(session, 8)
+    layout = "in place" if getattr(getattr(loop, "binding", None), "capacity", None) else \
+        "chained" if hasattr(loop, "binding") else "arrays (backend keeps no cache)"
+    return {"prompt_tokens": ids.shape[1], "new_tokens": new_tokens, "layout": layout, "bound_ms": bound,
+            "arrays_ms": arrays, "speedup": arrays / bound, "same_tokens": picked["bound"] == picked["arrays"]}
+
+
 def batch_rows(session, batch: int, new_tokens: int, repeats: int) -> list[dict]:
     """Decode tok/s of `batch` rows decoded together against one row, interleaved (the chat prompt in every row)."""
     from edgetx.kinds.decoding import DecodeLoop
@@ -124,13 +151,20 @@ def main() -> int:
     results = []
     for threads in [int(t) for t in args.threads.split(",")]:
         session = Session(args.bundle, variant=args.variant, threads=threads)
-        results.append({"threads": threads, "lookup": lookup_rows(Generator(session), args.new_tokens, args.draft,
-                                                                  args.repeats),
+        results.append({"threads": threads, "cache": cache_rows(session, args.new_tokens, args.repeats),
+                        "lookup": lookup_rows(Generator(session), args.new_tokens, args.draft, args.repeats),
                         "batch": batch_rows(session, args.batch, min(args.new_tokens, 64), args.repeats)})
         session.close()
     command = "python benchmarks/decoding.py " + " ".join(sys.argv[1:])
     lines = [f"# Decoding modes: {args.bundle.name} ({args.variant}), {started:%Y-%m-%d %H:%M} UTC", "",
              f"Machine: {machine()}. Command: `{command}`.", "",
+             f"## The KV cache bound to onnxruntime vs passed as arrays, greedy, {args.new_tokens} new tokens", "",
+             "| threads | cache layout | prompt tokens | same tokens | arrays ms/token | bound ms/token | speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['threads']} | {c['layout']} | {c['prompt_tokens']} | {'yes' if c['same_tokens'] else 'NO'} | "
+              f"{c['arrays_ms']:.2f} | {c['bound_ms']:.2f} | **{c['speedup']:.2f}x** |"
+              for r in results for c in [r["cache"]]]
+    lines += ["",
              f"## Prompt lookup (up to {args.draft} drafted tokens per run) vs plain greedy, {args.new_tokens} new tokens",
              "", "| threads | prompt | prompt tokens | same tokens | plain tok/s | lookup tok/s | speed-up | runs | "
              "accepted / drafted |", "|---|---|---|---|---|---|---|---|---|"]

@@ -11,18 +11,19 @@ import onnxruntime
 
 import edgetx
 from _common import bench_decoder, bench_encoder, dir_mb, load_spec, run_variants
-from edgetx.kinds.decoding import DecodeLoop, causal_feeds
+from edgetx.kinds.decoding import causal_feeds, decode_loop
 from edgetx.runtimes import Session
 
 
 class EdgetxDecoder:
-    """Greedy batch-1 decoding: one graph for prefill and decode, the presents fed back as the past."""
+    """Greedy batch-1 decoding as the Generator does it: one graph for prefill and decode, the KV cache kept bound to
+    onnxruntime (in place where the graph's attention allows)."""
 
-    def __init__(self, session: Session):
-        self.session, self.loop = session, DecodeLoop(session.run, session.inputs)
+    def __init__(self, session: Session, positions: int):
+        self.session, self.positions = session, positions
 
     def first(self, prompt: np.ndarray) -> int:
-        self.loop = DecodeLoop(self.session.run, self.session.inputs)
+        self.loop = decode_loop(self.session, self.positions)
         return int(self.loop.prefill(prompt[None], logits_to_keep=1)["logits"][0, -1].argmax())
 
     def next(self, token: int) -> int:
@@ -45,7 +46,7 @@ def variant_job(spec: dict, data: dict, variant: str):
 
             timings, embeddings = bench_encoder(run, data, spec["warmup"], spec["repeats"])
             return {"size_mb": size, **timings}, {"embeddings": embeddings}
-        side = EdgetxDecoder(session)
+        side = EdgetxDecoder(session, len(data["prompt"]) + spec["new_tokens"])
         timed = bench_decoder(side, data["prompt"], spec["new_tokens"], spec["warmup"], spec["repeats"])
         return {"size_mb": size, **timed}, {"logits": side.teacher_logits(data["eval"]),
                                             "tokens": np.array(timed["tokens"])}

@@ -70,6 +70,32 @@ class RunResult:
     seconds: float  # wall time of the run as the backend measured it
 
 
+@dataclass(frozen=True)
+class CacheSpec:
+    """One past input of a causal LM's graph: the present output that becomes it, its shape with no positions yet
+    ([batch, heads, 0, head_dim]) and its dtype."""
+
+    present: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class CacheBinding(ABC):
+    """A causal LM's KV cache kept on the backend from run to run: a run feeds the new positions' inputs only, and
+    the presents it makes stay bound as the next run's past, never copied out through numpy (in one buffer the graph
+    writes in place, when the binding has a capacity)."""
+
+    past: int = 0  # positions the cache holds
+
+    @abstractmethod
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> RunResult:
+        """Run `feeds` (every input but the cache) on top of the cache, which then holds their positions too."""
+
+    @abstractmethod
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` positions of the cache (a rejected draft, a chat turn rendered otherwise)."""
+
+
 class BackendSession(ABC):
     """A model loaded on a backend."""
 
@@ -84,6 +110,13 @@ class BackendSession(ABC):
     def placement(self) -> dict | None:
         """Where each node runs ({"nodes": [[op, name, provider], ...], "partitions", "messages", ...}),
         for backends whose capabilities say they report it; else None."""
+        return None
+
+    def bind_cache(self, cache: dict[str, "CacheSpec"], capacity: int | None = None) -> "CacheBinding | None":
+        """A KV cache kept on the backend between runs (`CacheBinding`), for backends that can hold one; None (the
+        default) means the caller passes the cache in and out as numpy arrays. `cache` maps each past input to its
+        present output and empty shape; with `capacity`, the graph writes each present into its past's buffer
+        (preallocated for `capacity` positions) in place."""
         return None
 
     def close(self) -> None:

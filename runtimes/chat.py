@@ -13,7 +13,6 @@ new tokens, not the whole history, and its reply is the one a fresh run over the
 from __future__ import annotations
 
 from edgetx.errors import InputError
-from edgetx.kinds.decoding import DecodeLoop
 from edgetx.runtimes.generate import GenerationConfig, GenerationStats, Generator
 from edgetx.runtimes.tokenizer import apply_chat_template
 
@@ -38,7 +37,7 @@ class ChatSession:
             raise InputError(f"{generator.session.bundle.path}: its tokenizer has no chat template, so it has no chat "
                              "turns to keep; use Generator.generate on plain text")
         self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-        self.loop = DecodeLoop(generator.session.run, generator.session.inputs)
+        self.loop = generator.new_loop(generator.max_positions)  # bound in place: pages are used as turns fill them
         self.cached_ids: list[int] = []  # what the cache holds, position by position
         self.reused_tokens = 0  # of the last turn's prompt, how many came from the cache
 
@@ -60,7 +59,7 @@ class ChatSession:
             raise
         keep = min(common_prefix(self.cached_ids, ids), len(ids) - 1)  # at least one token to feed
         # the cache back to what this turn shares with the last (the history may render otherwise from there)
-        self.loop.cache = {name: value[:, :, :keep] for name, value in self.loop.cache.items()}
+        self.loop.truncate(keep)
         self.cached_ids, self.reused_tokens = ids[:keep], keep
         self.generator.stats = GenerationStats(prompt_tokens=len(ids) - keep)
         generated: list[int] = []
@@ -69,7 +68,7 @@ class ChatSession:
                 _recording(self.generator.continue_from(self.loop, ids[keep:], config, ids[:keep]), generated), config))
         except BaseException:  # the turn did not happen: the cache keeps only what the next turn can trust
             self.messages.pop()
-            self.loop.cache = {name: value[:, :, :keep] for name, value in self.loop.cache.items()}
+            self.loop.truncate(min(keep, self.loop.past))
             raise
         self.cached_ids = ids + generated[:-1]  # the last token picked is never fed
         self.messages.append({"role": "assistant", "content": reply})

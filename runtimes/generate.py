@@ -23,7 +23,7 @@ from edgetx.bundle import MANIFEST
 from edgetx.errors import BackendError, BundleError, InputError
 from edgetx.kinds import require_helper
 from edgetx.kinds.base import rows_per_run
-from edgetx.kinds.decoding import DecodeLoop
+from edgetx.kinds.decoding import DecodeLoop, decode_loop
 from edgetx.runtimes.batch import batch_generate
 from edgetx.runtimes.lookup import PromptLookup
 from edgetx.runtimes.session import Session
@@ -146,7 +146,7 @@ class GenerationStats:
 class Generator:
     """Prefill + decode loop over a Session of a causal-LM bundle."""
 
-    def __init__(self, session: Session, tokenizer: Tokenizer | None = None):
+    def __init__(self, session: Session, tokenizer: Tokenizer | None = None, bind_cache: bool = True):
         model = session.model
         require_helper(session.kind, "generate", session.bundle.path)
         if not all(isinstance(model.get(key), int) for key in ("vocab_size", "max_positions")):
@@ -159,6 +159,13 @@ class Generator:
         self.finish_reason: str | None = None  # "length", "context", "stop" or "eos" after a run
         self.finish_reasons: list[str] = []  # each row's, after tokens_batch / generate_batch
         self.stats = GenerationStats()
+        self.bind_cache = bind_cache  # keep the KV cache bound to the backend (no copy per step) where it can
+
+    def new_loop(self, positions: int | None = None) -> DecodeLoop:
+        """A decode loop with an empty cache, for a run of about `positions` positions in all (room preallocated
+        where the cache stays bound in place; it grows past that if needed)."""
+        capacity = min(positions, self.max_positions) if positions else None
+        return decode_loop(self.session, capacity, self.bind_cache)
 
     def check_prompt(self, prompt_ids: list[int], what: str = "the prompt") -> list[int]:
         """The prompt's token ids as ints, refused if empty, outside the vocabulary or too long for the model."""
@@ -183,7 +190,8 @@ class Generator:
         config.check()
         ids = self.check_prompt(prompt_ids)
         self.stats = GenerationStats(prompt_tokens=len(ids))
-        yield from self.continue_from(DecodeLoop(self.session.run, self.session.inputs), ids, config)
+        loop = self.new_loop(len(ids) + config.max_new_tokens + config.prompt_lookup)
+        yield from self.continue_from(loop, ids, config)
 
     def continue_from(self, loop: DecodeLoop, ids: list[int], config: GenerationConfig,
                       history: list[int] = ()) -> Iterator[int]:
@@ -206,10 +214,9 @@ class Generator:
             room = min(limit, config.max_new_tokens - produced - 1, self.max_positions - loop.past - len(feed))
             draft = lookup.draft(room) if lookup is not None and produced else []
             past = loop.past
-            feeds = loop.feeds(np.array([feed + draft], dtype=np.int64), logits_to_keep=1 + len(draft))
             started = time.perf_counter()
-            outputs = self.session.run(feeds)
-            logits = loop.advance(outputs)["logits"][0, -1 - len(draft):]
+            outputs = loop.prefill(np.array([feed + draft], dtype=np.int64), logits_to_keep=1 + len(draft))
+            logits = outputs["logits"][0, -1 - len(draft):]
             if not np.isfinite(logits).all():
                 raise BackendError(f"{self.session.model_path} produced non-finite logits (NaN/inf) at position {loop.past}: "
                                    "the variant is damaged or numerically unstable; check it with `edgetx verify`")
@@ -217,7 +224,7 @@ class Generator:
                 picks = logits.argmax(-1)
                 accepted = next((i for i, (d, p) in enumerate(zip(draft, picks)) if d != p), len(draft))
                 new = [int(t) for t in picks[: accepted + 1]]
-                loop.cache = {k: v[:, :, : past + len(feed) + accepted] for k, v in loop.cache.items()}
+                loop.truncate(past + len(feed) + accepted)
                 self.stats.drafted, self.stats.accepted = self.stats.drafted + len(draft), self.stats.accepted + accepted
                 limit = min(limit + 2, config.prompt_lookup) if accepted == len(draft) else max(1, limit - 1)
             else:

@@ -18,7 +18,8 @@ import numpy as np
 from edgetx.bundle import MANIFEST, Bundle
 from edgetx.bundle.manifest import Variant
 from edgetx.errors import BundleError, InputError
-from edgetx.runtimes.backend import REFERENCE_BACKEND, RunResult, SessionOptions, get_backend
+from edgetx.kinds.decoding import cache_specs, shares_cache_buffer
+from edgetx.runtimes.backend import REFERENCE_BACKEND, CacheBinding, RunResult, SessionOptions, get_backend
 from edgetx.kinds import ModelKind, get_kind, require_helper
 from edgetx.runtimes.tokenizer import Tokenizer, tokenizer_for
 
@@ -179,6 +180,7 @@ class Session:
         self._session = self.backend.create_session(self.model_path, self._options)
         self._components: dict[str, Session] = {}
         self.last_run_seconds: float | None = None
+        self._shared_buffer: bool | None = None  # the graph can keep its KV cache in one buffer (bind_cache)
         self._tokenizer: Tokenizer | None = None
         self._preprocessor: ImagePreprocessor | None = None
         # Float arrays this session returned (e.g. a KV cache passed back as the next step's past)
@@ -300,6 +302,28 @@ class Session:
         from edgetx.kinds.zero_shot import zero_shot
 
         return zero_shot(self, images, labels, template, batch_size)
+
+    def bind_cache(self, capacity: int | None = None, batch: int = 1) -> CacheBinding | None:
+        """A causal LM's KV cache kept bound to the backend between runs (no copy per step), or None where the
+        backend passes caches as arrays. With `capacity` (positions to preallocate; it grows if a run needs more),
+        a graph whose fused attention can write its presents in place gets one buffer per past input."""
+        cache = cache_specs(self.inputs, batch)
+        if not cache:
+            return None
+        if capacity is not None and not self._shares_cache_buffer():
+            capacity = None
+        return self._session.bind_cache(cache, capacity)
+
+    def _shares_cache_buffer(self) -> bool:
+        """Whether this variant's graph reads each past only in a fused attention that writes the present in place."""
+        if self._shared_buffer is None:
+            self._shared_buffer = False
+            if self.model_path.suffix == ".onnx":
+                import onnx
+
+                graph = onnx.load(str(self.model_path), load_external_data=False).graph
+                self._shared_buffer = shares_cache_buffer(graph)
+        return self._shared_buffer
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Validate `feeds` against the manifest, run, and return the outputs by name."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -217,3 +218,44 @@ def test_a_chat_with_prompt_lookup_replies_as_a_fresh_greedy_run(chat_bundle):
         fresh = Generator(Session(chat_bundle)).generate(apply_chat_template(chat.spec, chat.messages[:-1]),
                                                          GenerationConfig(max_new_tokens=16))
         assert reply == fresh
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", [*FAMILIES[:-1], "llama-fused"])
+def test_the_bound_cache_gives_the_tokens_of_the_array_loop(decoder, model_type):
+    """The KV cache kept bound to onnxruntime between steps (no copy per step; the fused attention writes in place
+    into one preallocated buffer, grown when a run passes its end) gives the tokens of the loop that passes the cache
+    in and out as arrays: greedy, sampled, with prompt-lookup drafts taken back, and in a chat that cuts it back."""
+    fused = model_type == "llama-fused"
+    bundle = decoder("llama", candidates=("ort-fusions",), optimize=True) if fused else decoder(model_type)
+    session = Session(bundle)
+    bound, arrays = Generator(session), Generator(session, bind_cache=False)
+    loop = bound.new_loop(4)  # room for 4 positions: a run of 30 grows it
+    assert loop.binding.capacity == (4 if fused else None)  # in place on GroupQueryAttention, chained otherwise
+    ids = bound.tokenizer.encode(REPEATING)[:24]
+    greedy = GenerationConfig(max_new_tokens=30)
+    want = list(arrays.tokens(ids, greedy))
+    assert list(bound.continue_from(loop, ids, greedy)) == want
+    assert loop.past == len(ids) + len(want) - 1 and (not fused or loop.binding.capacity >= loop.past)
+    for config in (GenerationConfig(max_new_tokens=20, temperature=0.8, top_p=0.9, seed=3),
+                   GenerationConfig(max_new_tokens=30, prompt_lookup=6)):
+        assert list(bound.tokens(ids, config)) == list(arrays.tokens(ids, config)), config
+    cut, kept = bound.new_loop(8), arrays.new_loop()  # a cache cut back and run on gives the same logits
+    prompt = np.array([ids], np.int64)
+    for each in (cut, kept):
+        each.prefill(prompt)
+        each.truncate(10)
+    np.testing.assert_allclose(cut.prefill(prompt[:, 14:18])["logits"], kept.prefill(prompt[:, 14:18])["logits"],
+                               atol=1e-5)
+    assert cut.past == kept.past == 14
+
+
+@pytest.mark.slow
+def test_a_chat_on_the_bound_cache_replies_as_on_arrays(chat_bundle):
+    session = Session(chat_bundle)
+    chat, arrays = ChatSession(Generator(session)), ChatSession(Generator(session, bind_cache=False))
+    assert chat.loop.binding is not None and not hasattr(arrays.loop, "binding")
+    for message in ("one two three", "and again, one two three", "x"):
+        config = GenerationConfig(max_new_tokens=12)
+        assert chat.send(message, config) == arrays.send(message, config)
+        assert chat.loop.past == arrays.loop.past and chat.cached_ids == arrays.cached_ids

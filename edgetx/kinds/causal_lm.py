@@ -26,7 +26,7 @@ import numpy as np
 from edgetx.errors import InputError
 from edgetx.kinds.base import (BenchTable, ModelKind, ReportAxes, distribution_misses, median_ms, padding_note,
                                percentiles, register_kind)
-from edgetx.kinds.decoding import DecodeLoop, causal_feeds, contract_problem, greedy
+from edgetx.kinds.decoding import DecodeLoop, causal_feeds, contract_problem, decode_loop, greedy
 from edgetx.verify import metrics
 from edgetx.verify.report import Check
 
@@ -237,17 +237,16 @@ class CausalLM(ModelKind):
         prompt = np.resize(session.bundle.golden()["prefill.input_ids"][0], config.prompt_tokens)[None].astype(np.int64)
         prefill_s, steps_ms = [], []
         for rep in range(config.warmup + config.repeats):
-            loop = DecodeLoop(session.run, session.inputs)
+            loop = decode_loop(session, config.prompt_tokens + config.new_tokens)  # the Generator's loop
             started = time.perf_counter()
             out = loop.prefill(prompt, logits_to_keep=1)
             first = time.perf_counter() - started
             token, step_ms = int(out["logits"][0, -1].argmax()), []
             for _ in range(config.new_tokens - 1):
-                feeds = loop.feeds(np.array([[token]], dtype=np.int64))
                 started = time.perf_counter()
-                out = session.run(feeds)
+                out = loop.step(token)
                 step_ms.append((time.perf_counter() - started) * 1e3)
-                token = int(loop.advance(out)["logits"][0, -1].argmax())
+                token = int(out["logits"][0, -1].argmax())
             if rep >= config.warmup:
                 prefill_s.append(first)
                 steps_ms += step_ms

@@ -102,6 +102,81 @@ class DecodeLoop:
         """One new token per row."""
         return self.prefill(np.array(tokens, dtype=np.int64).reshape(-1, 1))
 
+    def truncate(self, length: int) -> None:
+        """Keep the cache's first `length` positions (a rejected draft, a chat turn rendered otherwise)."""
+        self.cache = {name: value[:, :, :length] for name, value in self.cache.items()}
+
+
+class BoundDecodeLoop(DecodeLoop):
+    """`DecodeLoop` on a cache the backend keeps bound between runs (edgetx.runtimes.backend.CacheBinding): a step
+    feeds its new tokens only and copies no cache. Same graph contract, same numbers."""
+
+    def __init__(self, binding, inputs: list[dict]):
+        super().__init__(binding.run, inputs, cache={})
+        self.binding = binding
+        self._keep = any(s["name"] == "logits_to_keep" for s in inputs)
+
+    @property
+    def past(self) -> int:
+        return self.binding.past
+
+    def prefill(self, ids: np.ndarray, logits_to_keep: int = 0) -> dict[str, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64)
+        batch, seq = ids.shape
+        past = self.binding.past
+        feeds = {"input_ids": ids, "attention_mask": np.ones((batch, past + seq), np.int64),
+                 "position_ids": np.broadcast_to(np.arange(past, past + seq, dtype=np.int64), ids.shape)}
+        if self._keep:
+            feeds["logits_to_keep"] = np.array(logits_to_keep, dtype=np.int64)
+        return self.binding.run(feeds, ["logits"]).outputs
+
+    def feeds(self, ids: np.ndarray, logits_to_keep: int = 0) -> Feeds:
+        raise TypeError("a bound cache is run through prefill/step, not with feeds built outside it")
+
+    def truncate(self, length: int) -> None:
+        self.binding.truncate(length)
+
+
+def decode_loop(session, capacity: int | None = None, bind: bool = True) -> DecodeLoop:
+    """A loop over `session` (an edgetx Session): on a cache bound to its backend where the backend can keep one
+    (`capacity` positions preallocated where the graph writes in place), else with the cache passed as arrays."""
+    binding = session.bind_cache(capacity) if bind and hasattr(session, "bind_cache") else None
+    return BoundDecodeLoop(binding, session.inputs) if binding is not None else DecodeLoop(session.run, session.inputs)
+
+
+def cache_specs(inputs: list[dict], batch: int = 1) -> dict:
+    """Each past input's present output, empty shape and dtype (edgetx.runtimes.backend.CacheSpec)."""
+    from edgetx.runtimes.backend import CacheSpec
+
+    return {s["name"]: CacheSpec(PRESENT_PREFIX + s["name"][len(PAST_PREFIX):],
+                                 tuple(batch if d == "batch" else 0 if d == "past" else d for d in s["shape"]), s["dtype"])
+            for s in inputs if s["name"].startswith(PAST_PREFIX)}
+
+
+def shares_cache_buffer(graph) -> bool:
+    """Whether every past input of an ONNX graph (a GraphProto) is read only by fused GroupQueryAttention, as its past
+    key or value, whose present key or value is the matching present output: then past and present can be one
+    buffer that the kernel writes in place (edgetx.runtimes.ort_cpu.binding)."""
+    pasts = [v.name for v in graph.input if v.name.startswith(PAST_PREFIX)]
+    if not pasts:
+        return False
+    outputs = {v.name for v in graph.output}
+    readers: dict[str, list[tuple[object, int]]] = {name: [] for name in pasts}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in readers:
+                readers[name].append((node, index))
+    for name in pasts:
+        present = PRESENT_PREFIX + name[len(PAST_PREFIX):]
+        if present not in outputs or len(readers[name]) != 1:
+            return False
+        node, index = readers[name][0]
+        if node.op_type != "GroupQueryAttention" or node.domain != "com.microsoft" or index not in (3, 4):
+            return False
+        if len(node.output) <= index - 2 or node.output[index - 2] != present:
+            return False
+    return True
+
 
 def greedy(run: Callable[[Feeds], dict[str, np.ndarray]], inputs: list[dict], prompt: np.ndarray,
            steps: int) -> tuple[list[int], np.ndarray, dict[str, np.ndarray]]:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from edgetx.errors import BackendError
-from edgetx.runtimes.backend import (REFERENCE_BACKEND, Availability, Backend, BackendSession, Capabilities, RunResult,
-                                     SessionOptions, register_backend)
+from edgetx.runtimes.backend import (REFERENCE_BACKEND, Availability, Backend, BackendSession, CacheBinding, CacheSpec,
+                                     Capabilities, RunResult, SessionOptions, register_backend)
 from edgetx.runtimes.worker.ort_options import session_options
 
 
@@ -33,6 +33,11 @@ class OrtSession(BackendSession):
         except Exception as e:  # onnxruntime raises its own exception types; say where it came from
             raise BackendError(f"onnxruntime failed to run {self._model_path}: {e}") from e
         return RunResult(dict(zip(names, values)), time.perf_counter() - start)
+
+    def bind_cache(self, cache: dict[str, CacheSpec], capacity: int | None = None) -> CacheBinding:
+        from edgetx.runtimes.ort_cpu.binding import OrtCacheBinding
+
+        return OrtCacheBinding(self._session, self._model_path, cache, capacity)
 
 
 class OrtCpuBackend(Backend):
