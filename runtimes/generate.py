@@ -25,6 +25,7 @@ from edgetx.kinds import require_helper
 from edgetx.kinds.base import rows_per_run
 from edgetx.kinds.decoding import DecodeLoop, decode_loop
 from edgetx.runtimes.batch import batch_generate
+from edgetx.runtimes.draft import DraftModel, check_draft
 from edgetx.runtimes.lookup import PromptLookup
 from edgetx.runtimes.session import Session
 from edgetx.runtimes.tokenizer import Tokenizer
@@ -38,11 +39,12 @@ class GenerationConfig:
     seed: int | None = None  # for sampling; same seed, same text
     stop: tuple[bytes, ...] = ()  # stop when the output contains one of these (not emitted)
     prompt_lookup: int = 0  # greedy: draft up to this many tokens from the context and check them in one run
+    draft_tokens: int = 0  # greedy: draft up to this many tokens with the Generator's draft model, checked in one run
 
     def check(self) -> None:
         for name, kinds in (("max_new_tokens", Integral), ("temperature", Real), ("top_k", (Integral, type(None))),
                             ("top_p", (Real, type(None))), ("seed", (Integral, type(None))), ("stop", (tuple, list)),
-                            ("prompt_lookup", Integral)):
+                            ("prompt_lookup", Integral), ("draft_tokens", Integral)):
             value = getattr(self, name)
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise InputError(f"GenerationConfig.{name} has the wrong type: {value!r}")
@@ -64,6 +66,13 @@ class GenerationConfig:
             raise InputError(f"prompt_lookup must be >= 0 (draft tokens per run; 0 = off), got {self.prompt_lookup}")
         if self.prompt_lookup and self.temperature != 0:
             raise InputError("prompt lookup drafts are checked by greedy decoding: use it with temperature 0")
+        if self.draft_tokens < 0:
+            raise InputError(f"draft_tokens must be >= 0 (tokens the draft model proposes per run; 0 = off), got "
+                             f"{self.draft_tokens}")
+        if self.draft_tokens and self.temperature != 0:
+            raise InputError("a draft model's tokens are checked by greedy decoding: use it with temperature 0")
+        if self.draft_tokens and self.prompt_lookup:
+            raise InputError("draft with prompt lookup or with a draft model, not both")
 
 
 def sample_next(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
@@ -139,14 +148,15 @@ class GenerationStats:
         if self.decode_tokens_per_second:
             text += f", {self.new_tokens} new tokens at {self.decode_tokens_per_second:.1f} tokens/s"
         if self.drafted:
-            text += f"; prompt lookup: {self.accepted} of {self.drafted} drafted tokens accepted, {self.runs} runs"
+            text += f"; speculative: {self.accepted} of {self.drafted} drafted tokens accepted, {self.runs} runs"
         return text
 
 
 class Generator:
     """Prefill + decode loop over a Session of a causal-LM bundle."""
 
-    def __init__(self, session: Session, tokenizer: Tokenizer | None = None, bind_cache: bool = True):
+    def __init__(self, session: Session, tokenizer: Tokenizer | None = None, bind_cache: bool = True,
+                 draft: Generator | Session | None = None):
         model = session.model
         require_helper(session.kind, "generate", session.bundle.path)
         if not all(isinstance(model.get(key), int) for key in ("vocab_size", "max_positions")):
@@ -160,6 +170,10 @@ class Generator:
         self.finish_reasons: list[str] = []  # each row's, after tokens_batch / generate_batch
         self.stats = GenerationStats()
         self.bind_cache = bind_cache  # keep the KV cache bound to the backend (no copy per step) where it can
+        # a smaller model of the same vocabulary (e.g. the bundle's int4 variant) for GenerationConfig.draft_tokens
+        self.draft = Generator(draft, bind_cache=bind_cache) if isinstance(draft, Session) else draft
+        if self.draft is not None:
+            check_draft(self, self.draft)
 
     def new_loop(self, positions: int | None = None) -> DecodeLoop:
         """A decode loop with an empty cache, for a run of about `positions` positions in all (room preallocated
@@ -190,7 +204,7 @@ class Generator:
         config.check()
         ids = self.check_prompt(prompt_ids)
         self.stats = GenerationStats(prompt_tokens=len(ids))
-        loop = self.new_loop(len(ids) + config.max_new_tokens + config.prompt_lookup)
+        loop = self.new_loop(len(ids) + config.max_new_tokens + config.prompt_lookup + config.draft_tokens)
         yield from self.continue_from(loop, ids, config)
 
     def continue_from(self, loop: DecodeLoop, ids: list[int], config: GenerationConfig,
@@ -198,10 +212,16 @@ class Generator:
         """Feed `ids` on top of `loop`'s cache (which holds `history`), then yield new token ids one at a time; the
         last one yielded is not fed (the cache then holds everything before it). A chat session continues its own
         loop this way. With `config.prompt_lookup`, each run also checks tokens drafted from the context
-        (edgetx.runtimes.lookup): the same tokens as without it, in fewer runs where the output copies its context."""
+        (edgetx.runtimes.lookup), with `config.draft_tokens` tokens the draft model proposes (edgetx.runtimes.draft):
+        the same tokens as without, in fewer runs where the drafts are right."""
         rng = np.random.default_rng(config.seed)
-        lookup = PromptLookup([*history, *ids]) if config.prompt_lookup else None
-        limit = config.prompt_lookup  # drafts grow while the model takes them whole, shrink when it does not
+        if config.draft_tokens and self.draft is None:
+            raise InputError("draft_tokens needs a draft model: Generator(session, draft=Session(bundle, "
+                             "variant='int4')) or `--draft-variant` on the command line")
+        lookup = PromptLookup([*history, *ids]) if config.prompt_lookup else \
+            DraftModel(self.draft, [*history, *ids]) if config.draft_tokens else None
+        maximum = config.prompt_lookup or config.draft_tokens
+        limit = maximum  # drafts grow while the model takes them whole, shrink when it does not
         self.finish_reason = None
         feed, produced = list(ids), 0
         while True:
@@ -212,9 +232,9 @@ class Generator:
                 self.finish_reason = "context"
                 return
             room = min(limit, config.max_new_tokens - produced - 1, self.max_positions - loop.past - len(feed))
+            started = time.perf_counter()  # a draft model's runs count in the step's time
             draft = lookup.draft(room) if lookup is not None and produced else []
             past = loop.past
-            started = time.perf_counter()
             outputs = loop.prefill(np.array([feed + draft], dtype=np.int64), logits_to_keep=1 + len(draft))
             logits = outputs["logits"][0, -1 - len(draft):]
             if not np.isfinite(logits).all():
@@ -226,7 +246,7 @@ class Generator:
                 new = [int(t) for t in picks[: accepted + 1]]
                 loop.truncate(past + len(feed) + accepted)
                 self.stats.drafted, self.stats.accepted = self.stats.drafted + len(draft), self.stats.accepted + accepted
-                limit = min(limit + 2, config.prompt_lookup) if accepted == len(draft) else max(1, limit - 1)
+                limit = min(limit + 2, maximum) if accepted == len(draft) else max(1, limit - 1)
             else:
                 new = [sample_next(logits[-1], config, rng)]
             self.stats.add_step(time.perf_counter() - started, prefill=produced == 0, tokens=len(new))

@@ -259,3 +259,39 @@ def test_a_chat_on_the_bound_cache_replies_as_on_arrays(chat_bundle):
         config = GenerationConfig(max_new_tokens=12)
         assert chat.send(message, config) == arrays.send(message, config)
         assert chat.loop.past == arrays.loop.past and chat.cached_ids == arrays.cached_ids
+
+
+@pytest.mark.slow
+def test_a_draft_model_gives_the_greedy_tokens_in_fewer_runs(decoder):
+    """Speculative decoding with a draft model: the target's own greedy tokens whatever the draft proposes — itself
+    (every draft taken: fewer runs) or another model of the same tokenizer (most drafts refused) —, and a draft with
+    another vocabulary refused."""
+    target = Session(decoder("llama"))
+    plain = Generator(target)
+    ids = plain.tokenizer.encode(PROMPTS[3])
+    want = list(plain.tokens(ids, GenerationConfig(max_new_tokens=24)))
+    config = GenerationConfig(max_new_tokens=24, draft_tokens=4)
+    itself = Generator(target, draft=Session(decoder("llama")))
+    assert list(itself.tokens(ids, config)) == want
+    assert itself.stats.accepted == itself.stats.drafted > 0 and itself.stats.runs < 24, itself.stats
+    other = Generator(target, draft=Session(decoder("gpt2")))
+    assert list(other.tokens(ids, config)) == want and other.stats.drafted > 0
+    with pytest.raises(EdgetxError, match="needs a draft model"):
+        list(plain.tokens(ids, config))
+    with pytest.raises(EdgetxError, match="greedy"):
+        GenerationConfig(draft_tokens=4, temperature=0.7).check()
+    smaller = Generator(Session(decoder("gpt2")))
+    smaller.vocab_size -= 1  # as a model of another vocabulary
+    with pytest.raises(EdgetxError, match="vocabulary of"):
+        Generator(target, draft=smaller)
+
+
+@pytest.mark.slow
+def test_generate_cli_with_a_draft_variant(decoder):
+    bundle = str(decoder("llama"))
+    plain = CliRunner().invoke(main, ["generate", bundle, "-p", "def main():", "-n", "12"])
+    drafted = CliRunner().invoke(main, ["generate", bundle, "-p", "def main():", "-n", "12", "--draft-variant", "fp32"])
+    assert plain.exit_code == drafted.exit_code == 0, drafted.output
+    assert drafted.stdout == plain.stdout and "speculative" in drafted.stderr
+    missing = CliRunner().invoke(main, ["generate", bundle, "-p", "x", "--draft-variant", "int3"])
+    assert missing.exit_code != 0 and "no variant 'int3'" in missing.output

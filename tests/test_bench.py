@@ -51,4 +51,4 @@ def test_bench_runs_without_torch(tiny_bundle):
             f"main(['bench', {str(tiny_bundle)!r}, '-p', '8', '-n', '4', '--repeats', '1', '--json'])")
     result = run_python(code)
     assert result.returncode == 0, result.stderr
-    assert len(json.loads(result.stdout)) == 3  # fp32, int8-weight-only, int4
+    assert len(json.loads(result.stdout)) == 3  # fp32, int8-weight-only-a8, int4

@@ -26,7 +26,7 @@ def test_built_bundle_loads_and_describes_itself(tiny_bundle):
     bundle = Bundle.load(tiny_bundle)
     assert bundle.manifest["schema_version"] == SCHEMA_VERSION
     assert bundle.model["kind"] == "causal-lm"
-    assert set(bundle.manifest["files"]) == {"fp32/model.onnx", "golden.npz", "quant.npz", "int8-weight-only/model.onnx",
+    assert set(bundle.manifest["files"]) == {"fp32/model.onnx", "golden.npz", "quant.npz", "int8-weight-only-a8/model.onnx",
                                              "int4/model.onnx"}
     assert bundle.variant("fp32").parity["passed"] is True
     assert {"torch", "onnx", "onnxruntime"} <= set(bundle.manifest["provenance"]["versions"])
@@ -88,7 +88,7 @@ def test_variant_hash_must_agree_with_files_table(tiny_bundle):
 
 
 def test_unknown_variant_lists_the_known_ones(tiny_bundle):
-    with pytest.raises(BundleError, match="no variant 'int3'; this bundle has fp32, int8-weight-only, int4"):
+    with pytest.raises(BundleError, match="no variant 'int3'; this bundle has fp32, int8-weight-only-a8, int4"):
         Bundle.load(tiny_bundle).variant("int3")
 
 

@@ -22,7 +22,7 @@ def test_verify_json(tiny_bundle_master):
     result = run("verify", tiny_bundle_master, "--json")
     assert result.exit_code == 0
     reports = json.loads(result.stdout)
-    assert [r["variant"] for r in reports] == ["fp32", "int8-weight-only", "int4"] and all(r["passed"] for r in reports)
+    assert [r["variant"] for r in reports] == ["fp32", "int8-weight-only-a8", "int4"] and all(r["passed"] for r in reports)
 
 
 def test_verify_fails_with_exit_1_on_tampered_bundle(tiny_bundle):

@@ -189,7 +189,7 @@ def test_decoder_default_picks_the_matching_grid_scheme(gguf_dir, tmp_path):
     from edgetx.kinds import get_kind
 
     results = _build_and_check(gguf_dir, tmp_path, "Q8_0", None)
-    assert {"int8-weight-only", "int4", "int4-grid", "int4-grid-a8", "int8-grid", "int8-grid-a8"} <= set(results)
+    assert {"int8-weight-only-a8", "int4", "int4-grid", "int4-grid-a8", "int8-grid", "int8-grid-a8"} <= set(results)
     kind = get_kind("causal-lm")
     assert kind.schemes_for({"gguf": {"matrix_types": {"Q4_0": 14}}}) == kind.default_schemes
     assert kind.schemes_for({"gguf": {"matrix_types": {"Q6_K": 7, "Q4_K": 7}}})[-2:] == ("int8-grid", "int8-grid-a8")

@@ -68,7 +68,7 @@ def test_build_records_candidates_and_keeps_the_fastest(tiny_bundle_master):
     assert optimization["winner"] == winner["name"] and winner["kept"]
     assert all("prefill_ms" in c and "decode_ms" in c for c in passing)
     assert not (tiny_bundle_master / "candidates").exists()
-    assert set(bundle.manifest["files"]) == {"fp32/model.onnx", "golden.npz", "quant.npz", "int8-weight-only/model.onnx",
+    assert set(bundle.manifest["files"]) == {"fp32/model.onnx", "golden.npz", "quant.npz", "int8-weight-only-a8/model.onnx",
                                              "int4/model.onnx"}
     fused = next(c for c in optimization["candidates"] if c["name"] == "ort-fusions")
     assert fused["log"][0]["fusions"].get("skip_layer_normalization", 0) >= 2

@@ -21,9 +21,9 @@ def _bundle_data(path):
 
 def test_build_writes_gated_int8_and_int4(tiny_bundle_master):
     bundle = Bundle.load(tiny_bundle_master)
-    assert {"fp32", "int8-weight-only", "int4"} <= set(bundle.variants)
+    assert {"fp32", "int8-weight-only-a8", "int4"} <= set(bundle.variants)
     results = bundle.manifest["quantization"]["results"]
-    for name in ("int8-weight-only", "int4"):
+    for name in ("int8-weight-only-a8", "int4"):
         assert results[name]["gate_passed"] and not results[name]["missed_by"]
         assert results[name]["bytes"] < bundle.manifest["variants"]["fp32"]["bytes"]
         assert bundle.variant(name).parity["passed"]
@@ -71,7 +71,7 @@ def test_inspect_shows_the_quantization_report(tiny_bundle_master):
     result = CliRunner().invoke(main, ["inspect", str(tiny_bundle_master)])
     assert "quantized variants" in result.stderr and "int4" in result.stderr
     info = json.loads(CliRunner().invoke(main, ["inspect", str(tiny_bundle_master), "--json"]).stdout)
-    assert set(info["quantization"]["results"]) == {"int8-weight-only", "int4", "int4-grid", "int4-grid-a8"}
+    assert set(info["quantization"]["results"]) == {"int8-weight-only-a8", "int4", "int4-grid", "int4-grid-a8"}
 
 
 def test_static_and_fp16_schemes_through_build(tiny_checkpoint, tmp_path):
@@ -369,3 +369,15 @@ def test_sensitivity_in_column_chunks_matches_the_whole_weight(name, monkeypatch
     whole = sensitivity.relative_error(SCHEMES[name], x, w)
     monkeypatch.setattr(sensitivity, "COLUMN_CHUNK", 64)
     assert whole > 0 and sensitivity.relative_error(SCHEMES[name], x, w) == pytest.approx(whole, rel=1e-5)
+
+
+def test_default_builds_drop_what_another_variant_beats_on_speed_accuracy_and_size():
+    from edgetx.build.pipeline import dominated
+
+    points = {"slow": (10.0, 0.01, 100), "fast": (5.0, 0.01, 100),  # fast beats slow on all three
+              "exact": (9.5, 0.0, 100),  # more accurate than fast: kept
+              "small": (4.0, 0.5, 50),  # smaller than all: kept
+              "near": (5.2, 0.01, 100)}  # under 10% slower than fast: within noise, kept
+    beaten = dominated(points)
+    assert set(beaten) == {"slow"} and beaten["slow"] in ("fast", "near")
+    assert dominated({"a": (1.0, 0.0, 1)}) == {}

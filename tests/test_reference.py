@@ -28,7 +28,7 @@ def test_model_card_states_the_measured_figures():
 @pytest.mark.slow
 def test_reference_bundle_parity(reference_bundle):
     reports = verify(Bundle.load(reference_bundle.path))
-    assert [r.variant for r in reports] == ["fp32", "int8-weight-only", "int4"] and all(r.passed for r in reports)
+    assert [r.variant for r in reports] == ["fp32", "int8-weight-only-a8", "int4"] and all(r.passed for r in reports)
     report = reports[0]
     assert report.max_abs < 1e-3
     greedy = next(c for c in report.checks if c.name == "greedy decode")
@@ -100,7 +100,7 @@ def test_mixed_precision_keeps_the_most_damaging_nodes_in_fp32(reference_bundle,
 @pytest.mark.slow
 def test_reference_variants_report_bits_per_byte(reference_bundle):
     results = reference_bundle.manifest["quantization"]["results"]
-    for name in ("int8-weight-only", "int4"):
+    for name in ("int8-weight-only-a8", "int4"):
         gate = results[name]["gate"]
         assert results[name]["gate_passed"] and name in reference_bundle.variants
         assert abs(gate["bits_per_token"] - gate["bits_per_token_fp32"]) < 0.05
