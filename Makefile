@@ -93,11 +93,13 @@ test-fast: $(STAMP)
 peers: $(STAMP) $(MODELS_STAMP)
 	$(BIN)/python benchmarks/peers.py $(PEERS_ARGS)
 
-# Decoding modes of a decoder bundle side by side (benchmarks/decoding.py): batch 8 vs batch 1 decode throughput,
-# prompt-lookup drafts vs plain greedy on a code edit and a chat prompt. DECODE_BUNDLE defaults to dist/smollm2,
-# which `make peers` builds (edgetx build <SmolLM2 GGUF> --out dist/smollm2).
+# Decoding modes of a decoder bundle side by side (benchmarks/decoding.py): the bound KV cache vs arrays, batch 8
+# vs batch 1 decode throughput, prompt-lookup and draft-model (its int4-grid-a8 variant) drafts vs plain greedy on
+# a code edit and a chat prompt. DECODE_BUNDLE defaults to dist/smollm2, which `make peers` builds
+# (edgetx build <SmolLM2 GGUF> --out dist/smollm2).
 decoding: $(STAMP) $(MODELS_STAMP)
-	$(BIN)/python benchmarks/decoding.py $(or $(DECODE_BUNDLE),dist/smollm2) $(DECODING_ARGS)
+	$(BIN)/python benchmarks/decoding.py $(or $(DECODE_BUNDLE),dist/smollm2) \
+		$(or $(DECODING_ARGS),--draft-variant int4-grid-a8)
 
 # Random-init Qwen2 0.5B (untied, 2.5 GB fp32) and 1.5B (6.2 GB) through edgetx build: peak RSS vs weight
 # bytes and time per stage (benchmarks/big_models.py); a shape is skipped when memory is short.

@@ -1,8 +1,10 @@
 """Decoding modes of a causal-LM bundle, side by side in one process: the KV cache kept bound to onnxruntime
-against passing it in and out as arrays, batched decode throughput against batch 1, and prompt-lookup speculative decoding against plain greedy decoding (the same tokens, checked), on a code-editing
-prompt (the reply copies the code) and a chat prompt (it does not).
+against passing it in and out as arrays, batched decode throughput against batch 1, and prompt-lookup
+speculative decoding (and, with --draft-variant, a draft model) against plain greedy decoding (the same tokens,
+checked), on a code-editing prompt (the reply copies the code) and a chat prompt (it does not).
 
     .venv/bin/python benchmarks/decoding.py dist/smollm2 [--variant fp32] [--threads 1,2] [--batch 8]
+    .venv/bin/python benchmarks/decoding.py dist/smollm2 --draft-variant int4-grid-a8
 
 prints the tables and writes benchmarks/results/<date>-decoding-<bundle name>.{md,json} (machine and command
 included). Ratios are what it reports: each pair runs interleaved, repeat by repeat, in the same process.
@@ -59,8 +61,9 @@ def prompt_ids(generator, text: str) -> list[int]:
     return generator.tokenizer.encode(wrapped)
 
 
-def lookup_rows(generator, new_tokens: int, draft: int, repeats: int) -> list[dict]:
-    """Per prompt: greedy decode tok/s without and with prompt lookup (interleaved), and whether they agree."""
+def lookup_rows(generator, new_tokens: int, draft: int, repeats: int, option: str = "prompt_lookup") -> list[dict]:
+    """Per prompt: greedy decode tok/s without and with drafts (`option`: prompt lookup, or the generator's draft
+    model with "draft_tokens"), interleaved, and whether they agree."""
     from edgetx.runtimes import GenerationConfig
 
     rows = []
@@ -70,7 +73,7 @@ def lookup_rows(generator, new_tokens: int, draft: int, repeats: int) -> list[di
         outputs, stats = {}, {}
         for _ in range(repeats + 1):  # the first round warms up
             for lookup in (0, draft):
-                config = GenerationConfig(max_new_tokens=new_tokens, prompt_lookup=lookup)
+                config = GenerationConfig(max_new_tokens=new_tokens, **{option: lookup})
                 started = time.perf_counter()
                 outputs[lookup] = list(generator.tokens(ids, config))
                 seconds[lookup].append(time.perf_counter() - started - generator.stats.prefill_seconds)
@@ -140,6 +143,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--draft", type=int, default=10, help="prompt-lookup draft tokens per run")
+    parser.add_argument("--draft-variant", help="also: speculative decoding with this variant as the draft model")
+    parser.add_argument("--draft-tokens", type=int, default=6, help="draft-model tokens per run")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if not (args.bundle / "manifest.json").is_file():
@@ -154,6 +159,11 @@ def main() -> int:
         results.append({"threads": threads, "cache": cache_rows(session, args.new_tokens, args.repeats),
                         "lookup": lookup_rows(Generator(session), args.new_tokens, args.draft, args.repeats),
                         "batch": batch_rows(session, args.batch, min(args.new_tokens, 64), args.repeats)})
+        if args.draft_variant:
+            draft = Session(args.bundle, variant=args.draft_variant, threads=threads)
+            results[-1]["draft_model"] = lookup_rows(Generator(session, draft=draft), args.new_tokens,
+                                                     args.draft_tokens, args.repeats, "draft_tokens")
+            draft.close()
         session.close()
     command = "python benchmarks/decoding.py " + " ".join(sys.argv[1:])
     lines = [f"# Decoding modes: {args.bundle.name} ({args.variant}), {started:%Y-%m-%d %H:%M} UTC", "",
@@ -171,6 +181,14 @@ def main() -> int:
     lines += [f"| {r['threads']} | {x['prompt']} | {x['prompt_tokens']} | {'yes' if x['same_tokens'] else 'NO'} | "
               f"{x['plain_tok_s']:.1f} | {x['lookup_tok_s']:.1f} | **{x['speedup']:.2f}x** | {x['runs']} | "
               f"{x['accepted']} / {x['drafted']} |" for r in results for x in r["lookup"]]
+    if args.draft_variant:
+        lines += ["", f"## Draft model {args.draft_variant} (up to {args.draft_tokens} tokens per run) vs plain greedy "
+                  f"{args.variant}, {args.new_tokens} new tokens", "",
+                  "| threads | prompt | prompt tokens | same tokens | plain tok/s | drafted tok/s | speed-up | runs | "
+                  "accepted / drafted |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['threads']} | {x['prompt']} | {x['prompt_tokens']} | {'yes' if x['same_tokens'] else 'NO'} | "
+                  f"{x['plain_tok_s']:.1f} | {x['lookup_tok_s']:.1f} | **{x['speedup']:.2f}x** | {x['runs']} | "
+                  f"{x['accepted']} / {x['drafted']} |" for r in results for x in r["draft_model"]]
     lines += ["", f"## Batched decode: {args.batch} rows decoded together vs one", "",
               "| threads | batch | step ms | decode tok/s | x batch 1 |", "|---|---|---|---|---|"]
     lines += [f"| {r['threads']} | {b['batch']} | {b['step_ms']:.2f} | {b['decode_tok_s']:.1f} | "

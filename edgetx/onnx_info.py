@@ -51,3 +51,54 @@ def inspect_onnx(path: str | Path) -> dict:
         "outputs": [{"name": v.name, "dtype": elem.get(v.type.tensor_type.elem_type, "?").lower(),
                      "shape": _dims(v.type)} for v in model.graph.output],
     }
+
+
+_MODEL_GRAPH, _GRAPH_PARTS = 7, {1: "node", 11: "input", 12: "output"}  # ModelProto / GraphProto field numbers
+
+
+def _varint(data, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if byte < 0x80:
+            return value, at
+
+
+def _fields(data, start: int, end: int):
+    """(field number, start, end) of each length-delimited field of the protobuf message in data[start:end]; the
+    others are skipped. Nothing is decoded, so an initializer's bytes are never copied."""
+    at = start
+    while at < end:
+        key, at = _varint(data, at)
+        wire = key & 7
+        if wire == 0:
+            at = _varint(data, at)[1]
+        elif wire == 1:
+            at += 8
+        elif wire == 5:
+            at += 4
+        elif wire == 2:
+            size, at = _varint(data, at)
+            yield key >> 3, at, at + size
+            at += size
+        else:
+            raise EdgetxError(f"not an ONNX protobuf (wire type {wire} at byte {at})")
+
+
+def graph_skeleton(path: str | Path):
+    """An ONNX file's main graph with its nodes, inputs and outputs only (an onnx.GraphProto without initializers),
+    read in milliseconds where onnx.load would parse every weight."""
+    import mmap
+
+    import onnx
+
+    graph = onnx.GraphProto()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for field, start, end in _fields(data, 0, len(data)):
+            if field == _MODEL_GRAPH:
+                for part, begin, stop in _fields(data, start, end):
+                    if part in _GRAPH_PARTS:
+                        getattr(graph, _GRAPH_PARTS[part]).add().ParseFromString(data[begin:stop])
+    return graph

@@ -319,10 +319,9 @@ class Session:
         if self._shared_buffer is None:
             self._shared_buffer = False
             if self.model_path.suffix == ".onnx":
-                import onnx
+                from edgetx.onnx_info import graph_skeleton
 
-                graph = onnx.load(str(self.model_path), load_external_data=False).graph
-                self._shared_buffer = shares_cache_buffer(graph)
+                self._shared_buffer = shares_cache_buffer(graph_skeleton(self.model_path))
         return self._shared_buffer
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:

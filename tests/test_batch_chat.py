@@ -232,6 +232,14 @@ def test_the_bound_cache_gives_the_tokens_of_the_array_loop(decoder, model_type)
     bound, arrays = Generator(session), Generator(session, bind_cache=False)
     loop = bound.new_loop(4)  # room for 4 positions: a run of 30 grows it
     assert loop.binding.capacity == (4 if fused else None)  # in place on GroupQueryAttention, chained otherwise
+    import onnx
+
+    from edgetx.onnx_info import graph_skeleton  # how the graph is read for that: its nodes, not its weights
+
+    whole = onnx.load(session.model_path).graph
+    skeleton = graph_skeleton(session.model_path)
+    assert list(skeleton.node) == list(whole.node) and list(skeleton.output) == list(whole.output)
+    assert list(skeleton.input) == list(whole.input) and not skeleton.initializer
     ids = bound.tokenizer.encode(REPEATING)[:24]
     greedy = GenerationConfig(max_new_tokens=30)
     want = list(arrays.tokens(ids, greedy))
