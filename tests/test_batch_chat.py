@@ -221,8 +221,8 @@ def test_a_chat_with_prompt_lookup_replies_as_a_fresh_greedy_run(chat_bundle):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", [*FAMILIES[:-1], "llama-fused"])
-def test_the_bound_cache_gives_the_tokens_of_the_array_loop(decoder, model_type):
+@pytest.mark.parametrize("model_type", ["gpt2", "bloom", "gemma2", "llama-fused"])  # the batch test compares the
+def test_the_bound_cache_gives_the_tokens_of_the_array_loop(decoder, model_type):  # others (solo: bound; batch: arrays)
     """The KV cache kept bound to onnxruntime between steps (no copy per step; the fused attention writes in place
     into one preallocated buffer, grown when a run passes its end) gives the tokens of the loop that passes the cache
     in and out as arrays: greedy, sampled, with prompt-lookup drafts taken back, and in a chat that cuts it back."""
