@@ -114,6 +114,11 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
                        needs=s.options.get("needs", 4))
         except EdgetxError as e:
             raise NotApplicable(str(e)) from None
+    elif s.method == "gptq":
+        from edgetx.quant.gptq import apply_gptq
+
+        check_calibration(calibration, inputs or [])
+        apply_gptq(src, dst, [n for n in weight_matmuls(src) if n not in set(exclude)], calibration, **s.options)
     elif s.method == "weight-only":
         from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
