@@ -40,10 +40,10 @@ def test_dead_inputs_and_a_singular_hessian_are_handled():
     assert np.isfinite(codes.dequantize()).all() and codes.dequantize()[5].max() == codes.dequantize()[5].min()
 
 
-@pytest.mark.parametrize("k", [64, 96])  # 96: an odd number of blocks, the last zero-point byte half used
-def test_nbits_matmul_layout_matches_onnxruntime(k, tmp_path):
+@pytest.mark.parametrize("k,bits", [(64, 4), (96, 4), (96, 8)])  # 96: an odd number of blocks (3)
+def test_nbits_matmul_layout_matches_onnxruntime(k, bits, tmp_path):
     """The pass's MatMulNBits computes x @ codes.dequantize(), and RTN codes are the integers onnxruntime's own
-    int4 quantizer writes."""
+    quantizer writes (int4; int8-weight-only at 8 bits)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -60,17 +60,17 @@ def test_nbits_matmul_layout_matches_onnxruntime(k, tmp_path):
                               [numpy_helper.from_array(w, "w")])
     src = tmp_path / "fp32.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
-    codes = gptq.rtn(w)
+    codes = gptq.rtn(w, bits)
     (record,) = transform_file(src, tmp_path / "mine.onnx", [gptq.NBitsMatMuls({"mm": codes})])
     assert record["converted"] == 1 and record["ops_after"] == {"com.microsoft.MatMulNBits": 1}
-    apply(SCHEMES["int4"], src, tmp_path / "ort.onnx")
+    apply(SCHEMES["int4" if bits == 4 else "int8-weight-only"], src, tmp_path / "ort.onnx")
     x = rng.normal(size=(8, k)).astype(np.float32)
     mine = ort.InferenceSession(tmp_path / "mine.onnx").run(None, {"x": x})[0]
     theirs = ort.InferenceSession(tmp_path / "ort.onnx").run(None, {"x": x})[0]
     np.testing.assert_allclose(mine, x @ codes.dequantize(), rtol=1e-4, atol=1e-3)  # float sums in another order
     np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-3)
     stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(tmp_path / "ort.onnx").graph.initializer}
-    np.testing.assert_array_equal(stored["w_Q4"], codes.packed())  # the same integers, packed the same way
+    np.testing.assert_array_equal(stored[f"w_Q{bits}"], codes.packed())  # the same integers, packed the same way
     np.testing.assert_array_equal(stored["w_zero_points"], codes.packed_zero_points())
     np.testing.assert_allclose(stored["w_scales"].reshape(-1), codes.scale.reshape(-1), rtol=1e-6)  # fp32 vs fp64 math
 
@@ -100,3 +100,34 @@ def test_int4_gptq_passes_the_gate_below_rtn_on_the_reference_gpt(gptq_reference
     assert fast["gate_passed"] and not fast["kept_fp32_nodes"] and fast["gate"]["kld_mean"] < rtn["gate"]["kld_mean"]
     text = Generator(Session(bundle.path, variant="int4-gptq")).generate("import os\n", GenerationConfig(max_new_tokens=24))
     assert len(text) > 0
+
+
+@pytest.mark.slow
+def test_int4_mixed_moves_the_worst_matmuls_to_8bit_until_the_gate_holds(gptq_reference_bundle, monkeypatch):
+    """int4-mixed: when int4 misses (here a gate tightened to KL <= 0.0005, which GPTQ int4 alone misses on the
+    reference GPT), the MatMuls that damage the gate most go to 8-bit MatMulNBits (int8 compute: onnxruntime's
+    8-bit kernel at accuracy_level 0 is slower than fp32), 1, 2, 4, ... of them, instead of to fp32: the gate holds
+    at a smaller size than keeping them in fp32 would give."""
+    import dataclasses
+
+    import onnx
+
+    from edgetx.quant import gates
+    from edgetx.quant.schemes import SCHEMES
+
+    bundle = gptq_reference_bundle
+    monkeypatch.setitem(gates.QUANTIZED, "int4", dataclasses.replace(gates.QUANTIZED["int4"], max_kld=0.0005))
+    data, fp32 = dict(np.load(bundle.file("quant.npz"))), bundle.file("fp32/model.onnx")
+    out = bundle.path.parent / "int4-mixed.onnx"
+    variant = gates.quantize_gated(SCHEMES["int4-mixed"], fp32, out, "causal-lm", bundle.io["inputs"], data,
+                                   bundle.manifest["model"])
+    assert variant.passed and variant.metrics["kld_mean"] <= 0.0005 and not variant.kept_fp32, variant.missed_by
+    steps = variant.steps
+    assert steps[0]["eight_bit"] == 0 and steps[0]["kld_mean"] > 0.0005  # int4 alone missed
+    assert 0 < len(variant.eight_bit) <= variant.quantizable // 2 and variant.bytes < 0.3 * fp32.stat().st_size
+    nbits = [n for n in onnx.load(out).graph.node if n.op_type == "MatMulNBits"]
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nbits]
+    assert len(nbits) == variant.quantizable
+    assert sorted((a["bits"], a["accuracy_level"]) for a in attrs) == \
+        sorted([(8, 4)] * len(variant.eight_bit) + [(4, 0)] * (variant.quantizable - len(variant.eight_bit)))
+    assert variant.to_dict()["eight_bit_nodes"] == variant.eight_bit

@@ -71,8 +71,10 @@ def check_calibration(feeds: list[dict[str, np.ndarray]] | None, inputs: list[di
 
 
 def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | None = None,
-          calibration: list[dict[str, np.ndarray]] | None = None, inputs: list[dict] | None = None) -> None:
-    """Quantize `src` into `dst` with scheme `s`, leaving the nodes in `exclude` in fp32."""
+          calibration: list[dict[str, np.ndarray]] | None = None, inputs: list[dict] | None = None,
+          promote: list[str] | None = None) -> None:
+    """Quantize `src` into `dst` with scheme `s`, leaving the nodes in `exclude` in fp32 (and, for a scheme with
+    the option `promote_bits`, writing the nodes in `promote` at that many bits)."""
     import onnx
 
     for name in ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
@@ -118,7 +120,8 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
         from edgetx.quant.gptq import apply_gptq
 
         check_calibration(calibration, inputs or [])
-        apply_gptq(src, dst, [n for n in weight_matmuls(src) if n not in set(exclude)], calibration, **s.options)
+        apply_gptq(src, dst, [n for n in weight_matmuls(src) if n not in set(exclude)], calibration, **s.options,
+                   promote=promote)
     elif s.method == "weight-only":
         from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 

@@ -30,6 +30,7 @@ from edgetx.errors import EdgetxError
 from edgetx.passes.base import GraphPass, PassResult, add_initializer, ir
 
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8)  # block ranges tried when fitting a scale (1.0: min/max, as RTN)
+CACHED_CODES = 50_000_000  # weights whose codes are remembered between trials of one source (1 byte each)
 LAZY_ROWS = 128  # rows rounded before their error is pushed onto the rest of the weight (a multiple of the block)
 
 
@@ -178,13 +179,14 @@ def matmul_weights(model: ir.Model, names: set[str]) -> dict[str, tuple[ir.Node,
 
 class NBitsMatMuls(GraphPass):
     """The MatMuls named in `codes` replaced by MatMulNBits holding those codes (integer zero points), at
-    `accuracy_level`; the fp32 weights nothing reads any more are removed."""
+    `accuracy_level` (`levels`: another level for codes of some bit width); the fp32 weights nothing reads any
+    more are removed."""
 
     name = "nbits-matmuls"
 
-    def __init__(self, codes: dict[str, Codes], accuracy_level: int = 0):
+    def __init__(self, codes: dict[str, Codes], accuracy_level: int = 0, levels: dict[int, int] | None = None):
         super().__init__()
-        self.codes, self.accuracy_level = codes, accuracy_level
+        self.codes, self.accuracy_level, self.levels = codes, accuracy_level, dict(levels or {})
 
     def call(self, model: ir.Model) -> PassResult:
         from onnx_ir.passes.common import RemoveUnusedNodesPass
@@ -202,7 +204,7 @@ class NBitsMatMuls(GraphPass):
                                           add_initializer(graph, f"{label}.scales", c.scale.reshape(-1)),
                                           add_initializer(graph, f"{label}.zero_points", c.packed_zero_points())],
                           {"K": blocks * block, "N": n, "bits": c.bits, "block_size": block,
-                           "accuracy_level": self.accuracy_level},
+                           "accuracy_level": self.levels.get(c.bits, self.accuracy_level)},
                           domain="com.microsoft", name=f"{label}.{tag}",
                           outputs=[ir.val(f"{node.outputs[0].name}.{tag}")])
             graph.insert_before(node, [new])
@@ -221,10 +223,46 @@ class NBitsMatMuls(GraphPass):
 
 # --- calibration ----------------------------------------------------------------------------------
 
+class _LastSource:
+    """The Hessians and codes last computed, for one source file and one set of feeds: the gate's mixed-precision
+    search quantizes the same graph many times (each node alone, then more and more of them), and both depend only
+    on the fp32 graph, the calibration text and the settings. One source is kept at a time."""
+
+    key: tuple | None = None
+    values: dict[str, np.ndarray] = {}
+    codes: dict[tuple, Codes] = {}
+
+    @classmethod
+    def lookup(cls, src: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for feed in feeds:
+            for name in sorted(feed):
+                array = np.ascontiguousarray(feed[name])
+                digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+                digest.update(array.data)
+        stat = src.stat()
+        key = (str(src.resolve()), stat.st_mtime_ns, stat.st_size, digest.hexdigest())
+        if key != cls.key:
+            cls.key, cls.values, cls.codes = key, {}, {}
+        return cls.values
+
+
 def input_hessians(src: str | Path, names: list[str], feeds: list[dict[str, np.ndarray]],
                    backend: str | None = None) -> dict[str, np.ndarray]:
     """H = X^T X / rows (float64) of each named value (MatMul inputs, [..., K]) over the calibration
-    `feeds`, from one fp32 run each of a copy of `src` that outputs them."""
+    `feeds`, from one fp32 run each of a copy of `src` that outputs them (values asked before for the same
+    file and feeds are remembered)."""
+    cache = _LastSource.lookup(Path(src), feeds)
+    missing = [name for name in names if name not in cache]
+    if missing:
+        cache.update(_capture_hessians(src, missing, feeds, backend))
+    return {name: cache[name] for name in names}
+
+
+def _capture_hessians(src: str | Path, names: list[str], feeds: list[dict[str, np.ndarray]],
+                      backend: str | None = None) -> dict[str, np.ndarray]:
     from edgetx.passes.expose import expose_file
     from edgetx.runtimes.backend import REFERENCE_BACKEND, SessionOptions, get_backend
 
@@ -247,9 +285,11 @@ def input_hessians(src: str | Path, names: list[str], feeds: list[dict[str, np.n
 
 def apply_gptq(src: str | Path, dst: str | Path, nodes: list[str], calibration: list[dict[str, np.ndarray]], *,
                bits: int = 4, block_size: int = 32, accuracy_level: int = 0, damp: float = 0.01,
-               clip: bool = True, symmetric: bool = False) -> dict:
+               clip: bool = True, symmetric: bool = False, promote: list[str] | None = None, promote_bits: int = 8,
+               promote_accuracy_level: int = 4) -> dict:
     """Write `src` to `dst` with the MatMuls named in `nodes` as GPTQ MatMulNBits calibrated on `calibration`;
-    a node whose K is not a multiple of `block_size` stays fp32. Returns the pass's record."""
+    those also in `promote` at `promote_bits` and `promote_accuracy_level` (int4-mixed). A node whose K is not a
+    multiple of `block_size` stays fp32. Returns the pass's record."""
     if symmetric:
         raise EdgetxError("GPTQ writes asymmetric blocks with integer zero points; a scheme's option "
                           "`symmetric` must be False")
@@ -262,10 +302,22 @@ def apply_gptq(src: str | Path, dst: str | Path, nodes: list[str], calibration: 
     inputs = sorted({node.inputs[0].name for node, _ in found.values()})
     hessians = input_hessians(src, inputs, calibration) if inputs else {}
     ratios = CLIP_RATIOS if clip else (1.0,)
-    factors = {name: inverse_cholesky(revive(h)[0], damp) for name, h in hessians.items()}
-    codes = {name: gptq(w, hessians[node.inputs[0].name], bits, block_size, damp, ratios, factors[node.inputs[0].name])
-             for name, (node, w) in found.items()}
-    model, (record,) = run(model, [NBitsMatMuls(codes, accuracy_level)])
+    wider = set(promote or ())
+    factors: dict[str, np.ndarray] = {}
+    codes = {}
+    for name, (node, w) in found.items():
+        x = node.inputs[0].name
+        settings = (name, promote_bits if name in wider else bits, block_size, damp, ratios)
+        if settings in _LastSource.codes:  # the same file and feeds as the Hessians (input_hessians' lookup)
+            codes[name] = _LastSource.codes[settings]
+            continue
+        if x not in factors:
+            factors[x] = inverse_cholesky(revive(hessians[x])[0], damp)
+        codes[name] = gptq(w, hessians[x], *settings[1:], factor=factors[x])
+        if sum(c.q.size for c in _LastSource.codes.values()) + w.size <= CACHED_CODES:
+            _LastSource.codes[settings] = codes[name]
+    levels = {promote_bits: promote_accuracy_level} if wider else {}
+    model, (record,) = run(model, [NBitsMatMuls(codes, accuracy_level, levels)])
     save(model, dst)
     release(model)
     return record
