@@ -30,6 +30,7 @@ from edgetx.errors import EdgetxError
 from edgetx.passes.base import GraphPass, PassResult, add_initializer, ir
 
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8)  # block ranges tried when fitting a scale (1.0: min/max, as RTN)
+HESSIAN_BYTES = 512 * 2**20  # Hessians held at once (float64 K x K each): beyond it, captured in several passes
 CACHED_CODES = 50_000_000  # weights whose codes are remembered between trials of one source (1 byte each)
 LAZY_ROWS = 128  # rows rounded before their error is pushed onto the rest of the weight (a multiple of the block)
 
@@ -256,9 +257,10 @@ def input_hessians(src: str | Path, names: list[str], feeds: list[dict[str, np.n
     file and feeds are remembered)."""
     cache = _LastSource.lookup(Path(src), feeds)
     missing = [name for name in names if name not in cache]
-    if missing:
-        cache.update(_capture_hessians(src, missing, feeds, backend))
-    return {name: cache[name] for name in names}
+    found = _capture_hessians(src, missing, feeds, backend) if missing else {}
+    if sum(h.nbytes for h in (*cache.values(), *found.values())) <= HESSIAN_BYTES:
+        cache.update(found)
+    return {name: cache[name] if name in cache else found[name] for name in names}
 
 
 def _capture_hessians(src: str | Path, names: list[str], feeds: list[dict[str, np.ndarray]],
@@ -283,6 +285,20 @@ def _capture_hessians(src: str | Path, names: list[str], feeds: list[dict[str, n
     return {name: h / max(rows, 1) for name, h in sums.items()}
 
 
+def _chunks(names, widths: dict[str, int]) -> list[list[str]]:
+    """`names` in groups whose float64 K x K Hessians together stay within HESSIAN_BYTES (one name at least)."""
+    chunks: list[list[str]] = [[]]
+    held = 0
+    for name in names:
+        size = 8 * widths[name] ** 2
+        if chunks[-1] and held + size > HESSIAN_BYTES:
+            chunks.append([])
+            held = 0
+        chunks[-1].append(name)
+        held += size
+    return chunks if chunks[0] else []
+
+
 def apply_gptq(src: str | Path, dst: str | Path, nodes: list[str], calibration: list[dict[str, np.ndarray]], *,
                bits: int = 4, block_size: int = 32, accuracy_level: int = 0, damp: float = 0.01,
                clip: bool = True, symmetric: bool = False, promote: list[str] | None = None, promote_bits: int = 8,
@@ -299,23 +315,27 @@ def apply_gptq(src: str | Path, dst: str | Path, nodes: list[str], calibration: 
     model = load(src)
     found = matmul_weights(model, set(nodes))
     found = {name: (node, w) for name, (node, w) in found.items() if w.shape[0] % block_size == 0}
-    inputs = sorted({node.inputs[0].name for node, _ in found.values()})
-    hessians = input_hessians(src, inputs, calibration) if inputs else {}
     ratios = CLIP_RATIOS if clip else (1.0,)
     wider = set(promote or ())
-    factors: dict[str, np.ndarray] = {}
+    readers: dict[str, list[str]] = {}  # MatMul input -> the nodes that read it (q/k/v share one H)
+    for name, (node, _) in found.items():
+        readers.setdefault(node.inputs[0].name, []).append(name)
+    _LastSource.lookup(Path(src), calibration)  # the codes remembered are those of this file and these feeds
     codes = {}
-    for name, (node, w) in found.items():
-        x = node.inputs[0].name
-        settings = (name, promote_bits if name in wider else bits, block_size, damp, ratios)
-        if settings in _LastSource.codes:  # the same file and feeds as the Hessians (input_hessians' lookup)
-            codes[name] = _LastSource.codes[settings]
-            continue
-        if x not in factors:
-            factors[x] = inverse_cholesky(revive(hessians[x])[0], damp)
-        codes[name] = gptq(w, hessians[x], *settings[1:], factor=factors[x])
-        if sum(c.q.size for c in _LastSource.codes.values()) + w.size <= CACHED_CODES:
-            _LastSource.codes[settings] = codes[name]
+    for chunk in _chunks(readers, {x: found[names[0]][1].shape[0] for x, names in readers.items()}):
+        settings = {name: (name, promote_bits if name in wider else bits, block_size, damp, ratios)
+                    for x in chunk for name in readers[x]}
+        codes.update({name: _LastSource.codes[s] for name, s in settings.items() if s in _LastSource.codes})
+        todo = [x for x in chunk if any(name not in codes for name in readers[x])]
+        hessians = input_hessians(src, todo, calibration) if todo else {}
+        for x in todo:
+            factor = inverse_cholesky(revive(hessians[x])[0], damp)
+            for name in readers[x]:
+                if name not in codes:
+                    codes[name] = gptq(found[name][1], hessians[x], *settings[name][1:], factor=factor)
+                    if sum(c.q.size for c in _LastSource.codes.values()) + codes[name].q.size <= CACHED_CODES:
+                        _LastSource.codes[settings[name]] = codes[name]
+        del hessians
     levels = {promote_bits: promote_accuracy_level} if wider else {}
     model, (record,) = run(model, [NBitsMatMuls(codes, accuracy_level, levels)])
     save(model, dst)
