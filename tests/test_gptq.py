@@ -40,6 +40,16 @@ def test_dead_inputs_and_a_singular_hessian_are_handled():
     assert np.isfinite(codes.dequantize()).all() and codes.dequantize()[5].max() == codes.dequantize()[5].min()
 
 
+def test_gptq_schemes_need_the_bundles_calibration_text(tmp_path):
+    from edgetx.errors import InputError
+    from edgetx.quant.apply import quantize_file
+    from edgetx.quant.schemes import SCHEMES, needs_calibration
+
+    assert all(needs_calibration(SCHEMES[n]) for n in ("int4-gptq", "int4-gptq-a8", "int4-mixed"))
+    with pytest.raises(InputError, match="int4-gptq needs calibration data; use it through `edgetx build`"):
+        quantize_file("int4-gptq", tmp_path / "any.onnx", tmp_path / "out.onnx")
+
+
 @pytest.mark.parametrize("k,bits", [(64, 4), (96, 4), (96, 8)])  # 96: an odd number of blocks (3)
 def test_nbits_matmul_layout_matches_onnxruntime(k, bits, tmp_path):
     """The pass's MatMulNBits computes x @ codes.dequantize(), and RTN codes are the integers onnxruntime's own

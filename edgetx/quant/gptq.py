@@ -16,6 +16,9 @@ H^-1, applied lazily per batch of rows). Here:
 - every MatMul's H from the fp32 model (not layer after layer through the quantized ones).
 
 The codes are written as MatMulNBits (`NBitsMatMuls`); MatMuls below the size threshold or excluded stay fp32.
+`int4-mixed` writes the MatMuls its gate search promotes as 8-bit GPTQ codes at accuracy_level 4. Hessians are
+captured in groups within HESSIAN_BYTES, and they and the codes are remembered for the last source file and
+calibration text, since the gate's search quantizes the same graph many times.
 """
 
 from __future__ import annotations
