@@ -61,8 +61,8 @@ def check_calibration(feeds: list[dict[str, np.ndarray]] | None, inputs: list[di
     from edgetx.runtimes.session import validate_inputs
 
     if not feeds:
-        raise InputError("a calibrated scheme (static int8, QDQ, GPTQ) needs calibration data and none was given; the bundle's "
-                         "quant/calibration.npz holds real text for it (rebuild the bundle if it is missing)")
+        raise InputError("a calibrated scheme (static int8, QDQ, GPTQ) needs calibration data and none was given; "
+                         "the bundle's quant.npz holds real text for it (rebuild the bundle if it is missing)")
     for i, feed in enumerate(feeds):
         try:
             validate_inputs(feed, inputs)
