@@ -98,8 +98,8 @@ def inspect(target: Path, as_json: bool) -> None:
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--scheme", "scheme_name", required=True,
-              help="int8, int8-per-tensor, int8-weight-only, int4, int4-sym, int4-hqq, fp16 (static int8 schemes "
-                   "need calibration data: use them through `edgetx build --quantize`).")
+              help="int8, int8-per-tensor, int8-weight-only, int4, int4-sym, int4-hqq, fp16 (calibrated schemes, "
+                   "static int8 and int4-gptq, need calibration data: use them through `edgetx build --quantize`).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
 @click.option("--exclude", multiple=True, help="Node name to keep in fp32 (repeatable).")
 def quantize(src: Path, scheme_name: str, out: Path, exclude: tuple[str, ...]) -> None:

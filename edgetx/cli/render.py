@@ -52,6 +52,8 @@ def print_quantization(manifest: Manifest) -> None:
             continue
         written = name in variants
         kept = f"{len(r['kept_fp32_nodes'])} of {r['quantizable_nodes']}"
+        if r.get("eight_bit_nodes"):  # int4-mixed: moved to 8-bit, not kept in fp32
+            kept += f" ({len(r['eight_bit_nodes'])} at 8-bit)"
         rejected = r.get("rejected_by_parity")
         latency = {k: v for k, v in (r.get("latency") or {}).items() if k != "score_ms"}
         ms = ", ".join(f"{k.removesuffix('_ms')} {v:.2f}" for k, v in latency.items()) or "-"

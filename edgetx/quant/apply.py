@@ -61,8 +61,8 @@ def check_calibration(feeds: list[dict[str, np.ndarray]] | None, inputs: list[di
     from edgetx.runtimes.session import validate_inputs
 
     if not feeds:
-        raise InputError("static quantization needs calibration data and none was given; the bundle's "
-                         "quant/calibration.npz holds real text for it (rebuild the bundle if it is missing)")
+        raise InputError("a calibrated scheme (static int8, QDQ, GPTQ) needs calibration data and none was given; "
+                         "the bundle's quant.npz holds real text for it (rebuild the bundle if it is missing)")
     for i, feed in enumerate(feeds):
         try:
             validate_inputs(feed, inputs)
@@ -71,8 +71,10 @@ def check_calibration(feeds: list[dict[str, np.ndarray]] | None, inputs: list[di
 
 
 def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | None = None,
-          calibration: list[dict[str, np.ndarray]] | None = None, inputs: list[dict] | None = None) -> None:
-    """Quantize `src` into `dst` with scheme `s`, leaving the nodes in `exclude` in fp32."""
+          calibration: list[dict[str, np.ndarray]] | None = None, inputs: list[dict] | None = None,
+          promote: list[str] | None = None) -> None:
+    """Quantize `src` into `dst` with scheme `s`, leaving the nodes in `exclude` in fp32 (and, for a scheme with
+    the option `promote_bits`, writing the nodes in `promote` at that many bits)."""
     import onnx
 
     for name in ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
@@ -114,6 +116,12 @@ def apply(s: Scheme, src: str | Path, dst: str | Path, *, exclude: list[str] | N
                        needs=s.options.get("needs", 4))
         except EdgetxError as e:
             raise NotApplicable(str(e)) from None
+    elif s.method == "gptq":
+        from edgetx.quant.gptq import apply_gptq
+
+        check_calibration(calibration, inputs or [])
+        apply_gptq(src, dst, [n for n in weight_matmuls(src) if n not in set(exclude)], calibration, **s.options,
+                   promote=promote)
     elif s.method == "weight-only":
         from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 

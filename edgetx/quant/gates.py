@@ -129,18 +129,21 @@ class GatedVariant:
     bytes: int = 0
     steps: list[dict] = field(default_factory=list)  # the mixed-precision search, step by step
     rewrites: dict | None = None  # what edgetx.quant.outliers.prepare rewrote before quantizing (dynamic int8)
+    eight_bit: list[str] = field(default_factory=list)  # nodes moved to 8-bit instead (schemes with "promote_bits")
 
     def to_dict(self) -> dict:
         return {"scheme": self.scheme.to_dict(), "gate_passed": self.passed, "gate": self.metrics,
                 "missed_by": self.missed_by, "kept_fp32_nodes": self.kept_fp32, "quantizable_nodes": self.quantizable,
                 "bytes": self.bytes, "mixed_precision_search": self.steps,
+                **({"eight_bit_nodes": self.eight_bit} if self.eight_bit else {}),
                 **({"graph_rewrites": self.rewrites} if self.rewrites else {})}
 
 
 def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | ModelKind, inputs: list[dict],
                    data: dict[str, np.ndarray], facts: dict | None = None, backend: str = REFERENCE_BACKEND,
                    mixed_precision: bool = True) -> GatedVariant:
-    """Quantize with `s`; if the gate misses, keep the most sensitive nodes in fp32 until it holds.
+    """Quantize with `s`; if the gate misses, keep the most sensitive nodes in fp32 until it holds (a scheme with
+    the option `promote_bits`, e.g. int4-mixed, moves them to that many bits instead: 1, 2, 4, ... of them).
     `kind` (a model kind or its name) says how to calibrate and measure; `facts` is the manifest's model
     block (e.g. an encoder's pooling). `out_path` is written only when the gate passes."""
     kind = get_kind(kind, fp32_path) if isinstance(kind, str) else kind
@@ -160,11 +163,16 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | Model
         ranked: list[str] | None = None
         steps: list[dict] = []
         keep: list[str] = []
+        promote = bool(s.options.get("promote_bits"))  # the search moves nodes to more bits, not to fp32
+        safe = f"{s.options.get('promote_bits')}-bit" if promote else "fp32"
         trial = Path(tmp) / "model.onnx"
         while True:
-            log.debug("%s: %d of %d nodes kept in fp32", s.name, len(keep), len(nodes))
+            log.debug("%s: %d of %d nodes kept in %s", s.name, len(keep), len(nodes), safe)
             try:
-                apply(s, source, trial, exclude=keep, calibration=calibration, inputs=inputs)
+                if promote:
+                    apply(s, source, trial, calibration=calibration, inputs=inputs, promote=keep)
+                else:
+                    apply(s, source, trial, exclude=keep, calibration=calibration, inputs=inputs)
             except EdgetxError:
                 raise
             except Exception as e:  # onnxruntime.quantization raises plain exceptions
@@ -177,13 +185,14 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | Model
             del candidate
             gc.collect()
             missed = kind.gate_misses(result, tolerance)
-            steps.append({"kept_fp32": len(keep), "bytes": file_bytes(trial), **result, "missed_by": missed})
+            steps.append({"eight_bit" if promote else "kept_fp32": len(keep), "bytes": file_bytes(trial), **result,
+                          "missed_by": missed})
             if not missed or len(keep) >= len(nodes) or not mixed_precision:
                 break
             cap = int(MAX_KEPT_FRACTION * len(nodes))  # doubling stops at the cap, which is tried once
             if ranked is not None and min(2 * len(keep), cap) <= len(keep):
                 missed.append(f"mixed precision gave up: keeping more than {MAX_KEPT_FRACTION:.0%} of the "
-                              f"{len(nodes)} quantizable nodes in fp32 would defeat the variant")
+                              f"{len(nodes)} quantizable nodes in {safe} would defeat the variant")
                 break
             if ranked is None:
                 log.info("%s: gate missed (%s); measuring node sensitivity", s.name, "; ".join(missed))
@@ -199,9 +208,10 @@ def quantize_gated(s: Scheme, fp32_path: Path, out_path: Path, kind: str | Model
                 steps[-1]["sensitivity"] = method
             keep = ranked[: max(1, min(2 * len(keep), cap) if keep else 1)]
         if not missed and nodes and len(keep) >= len(nodes):
-            missed = ["the gate holds only with every node in fp32: nothing left to quantize"]
-        variant = GatedVariant(s, not missed, result, missed, keep if not missed else [], len(nodes),
-                               file_bytes(trial), steps, rewrites)
+            missed = [f"the gate holds only with every node in {safe}: nothing left to quantize"]
+        kept = keep if not missed else []
+        variant = GatedVariant(s, not missed, result, missed, [] if promote else kept, len(nodes),
+                               file_bytes(trial), steps, rewrites, eight_bit=kept if promote else [])
         if variant.passed:
             move(trial, out_path)  # with its data file, if it has one (both are named model.onnx*)
     return variant
