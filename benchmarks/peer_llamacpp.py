@@ -101,9 +101,11 @@ def vocabulary_note(llm: llama_cpp.Llama, spec: dict, prompt: np.ndarray) -> str
     else:
         width = f"logits width {n_vocab} (no HF folder to compare with)"
     from texts import PROMPT_TEXT
-    own = llm.tokenize(PROMPT_TEXT.encode(), add_bos=False, special=False)[: len(prompt)]
-    same = own == [int(t) for t in prompt]
-    return f"{width}; llama.cpp's tokenizer gives {'the same' if same else 'DIFFERENT'} prompt ids (ids are fed directly)"
+    ids = [int(t) for t in prompt]
+    bos = [llm.token_bos()] if ids[0] == llm.token_bos() else []  # the bundle's tokenizer starts with BOS
+    same = (bos + llm.tokenize(PROMPT_TEXT.encode(), add_bos=False, special=False))[: len(ids)] == ids
+    return (f"{width}; llama.cpp's own tokenizer gives {'the same' if same else 'DIFFERENT'} {len(ids)} prompt ids"
+            f"{' after BOS ' + str(bos[0]) if bos else ''} (the ids are fed directly either way)")
 
 
 def variant_job(spec: dict, data: dict, name: str, ftype: int | None, system: str):
