@@ -119,13 +119,14 @@ def variant_job(spec: dict, data: dict, name: str, ftype: int | None, system: st
         n_ctx = max(len(data["prompt"]) + spec["new_tokens"], len(data["eval"]))
         side = LlamaCppDecoder(path, spec["threads"], n_ctx)
         try:
-            note = vocabulary_note(side.llm, spec, data["prompt"])
+            note = (vocabulary_note(side.llm, spec, data["prompt"]) if ftype is None else
+                    "re-quantized by llama.cpp from the Q4_1 file (llama_model_quantize, allow_requantize)")
             timed = bench_decoder(side, data["prompt"], spec["new_tokens"], spec["warmup"], spec["repeats"])
             logits = side.teacher_logits(data["eval"])
         finally:
             side.close()
         fields = {"size_mb": dir_mb(path), "build_s": round(build_s, 1), "teacher_method": side.teacher_method,
-                  "n_ctx": n_ctx, "system_info": system, "note": note if ftype is None else f"re-quantized by llama.cpp from the Q4_1 file; {note}",
+                  "n_ctx": n_ctx, "system_info": system, "note": note,
                   **timed}
         return fields, {"logits": logits, "tokens": np.array(timed["tokens"])}
     return job
