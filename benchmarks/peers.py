@@ -2,9 +2,10 @@
 
 Models: all-MiniLM-L6-v2 (encoder) and SmolLM2-135M-Instruct (Llama decoder). Sides: every variant of
 edgetx's bundles, PyTorch eager (fp32), Hugging Face Optimum (fp32 export; MiniLM also O2 and
-O2+dynamic int8) and onnxruntime-genai's model builder (SmolLM2: fp32, int4, int4 asymmetric).
-Each side runs as a subprocess (its own virtualenv for Optimum and genai, installed on demand under
-.cache/peers/) on the same token ids; accuracy is computed here against PyTorch fp32.
+O2+dynamic int8), onnxruntime-genai's model builder (SmolLM2: fp32, int4, int4 asymmetric) and
+llama.cpp (SmolLM2: the same Q4_1 GGUF file natively, and llama.cpp's Q8_0 / F16 / F32 of it).
+Each side runs as a subprocess (its own virtualenv for Optimum, genai and llama.cpp, installed on
+demand under .cache/peers/) on the same token ids; accuracy is computed here against PyTorch fp32.
 
 Run with the main .venv's python:
 
@@ -41,7 +42,7 @@ from report import add_accuracy, add_speedups, print_table  # noqa: E402
 from texts import EVAL_TEXT, PROMPT_TEXT, SENTENCES  # noqa: E402
 
 MODELS = ("minilm", "smollm2")
-PEERS = ("torch", "optimum", "genai")
+PEERS = ("torch", "optimum", "genai", "llamacpp")
 # Peer virtualenvs: requirements installed with constraints (torch pinned to the CPU build).
 VENVS: dict[str, dict] = {
     "optimum": {"reqs": ["torch==2.13.0", "optimum==2.1.0", "optimum-onnx[onnxruntime]==0.1.0"],
@@ -49,6 +50,15 @@ VENVS: dict[str, dict] = {
     # genai's model builder needs transformers 5.x and onnx_ir (undeclared): cannot share Optimum's venv.
     "genai": {"reqs": ["torch==2.13.0", "onnxruntime==1.32.0", "onnx", "onnx-ir", "transformers==5.24.0",
                        "onnxruntime-genai==0.18.0"], "drop_constraints": ("transformers", "gguf", "accelerate")},
+    # llama-cpp-python compiles llama.cpp from its sdist (~4 min on 2 idle cores, 16 min on 2 busy ones).
+    # GGML_NATIVE=ON turns on AMX on the Xeons here and then segfaults on the first decode (../shared/FACTS.md):
+    # the CPU features are named instead (AVX-512 VNNI/VBMI/BF16, which the Xeons and the EPYCs here both have).
+    # --no-cache-dir: pip's wheel cache is keyed on the sdist, not on CMAKE_ARGS, so it would reuse any build.
+    "llamacpp": {"reqs": ["llama-cpp-python==0.3.36"], "drop_constraints": (), "pip_args": ["--no-cache-dir"],
+                 "env": {"CMAKE_BUILD_PARALLEL_LEVEL": "2", "CMAKE_ARGS": " ".join(
+                     ["-DGGML_NATIVE=OFF", "-DLLAMA_CURL=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_TILE=OFF"]
+                     + [f"-DGGML_{f}=ON" for f in ("AVX", "AVX2", "FMA", "F16C", "AVX512", "AVX512_VNNI",
+                                                    "AVX512_VBMI", "AVX512_BF16")])}},
 }
 console = Console(width=None if sys.stdout.isatty() else 200)  # a pipe or file gets the whole table
 err = Console(stderr=True, highlight=False)
@@ -146,7 +156,8 @@ def ensure_venv(name: str, cache: Path, reinstall: bool) -> Path:
     base_constraints = (ROOT / "constraints.txt").read_text()
     constraints = "\n".join(line for line in base_constraints.splitlines()
                             if not line.startswith(spec["drop_constraints"]))
-    wanted = json.dumps({"reqs": spec["reqs"], "constraints": constraints})
+    wanted = json.dumps({"reqs": spec["reqs"], "constraints": constraints, "env": spec.get("env", {}),
+                         "pip_args": spec.get("pip_args", [])})
     reinstall = reinstall and name not in REINSTALLED  # once per run, not once per model
     if python.exists() and stamp.exists() and stamp.read_text() == wanted and not reinstall:
         return python
@@ -158,11 +169,11 @@ def ensure_venv(name: str, cache: Path, reinstall: bool) -> Path:
         if not python.exists():
             subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(folder / "venv")], check=True)
         (folder / "constraints.txt").write_text(constraints + "\n")
-        cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-c",
+        cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *spec.get("pip_args", []), "-c",
                str(folder / "constraints.txt"), *spec["reqs"]]
         log = folder / "install.log"
         with log.open("w") as out:
-            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **spec.get("env", {})})
         if done.returncode != 0:
             lines = [ln for ln in log.read_text().splitlines() if ln.startswith("ERROR")] or log.read_text().splitlines()[-1:]
             raise RuntimeError(f"pip install failed: {lines[0] if lines else 'no output'} (see {log})")
@@ -241,10 +252,13 @@ def bench_model(model: str, args: argparse.Namespace, versions: dict) -> dict:
                       ["fp32", "O2", "O2+int8"] if model == "minilm" else ["fp32"], {"cache": str(args.cache / "optimum")}))
     if "genai" not in args.skip and model == "smollm2":
         sides.append(("genai", "genai", "peer_genai.py", ["fp32", "int4", "int4-asym"], {"cache": str(args.cache / "genai")}))
+    if "llamacpp" not in args.skip and model == "smollm2":
+        sides.append(("llamacpp", "llamacpp", "peer_llamacpp.py", ["Q4_1", "Q8_0", "F16", "F32"],
+                      {"cache": str(args.cache / "llamacpp")}))
     rows, arrays = [], {}
     for tool, python, script, names, extra in sides:
         try:
-            if hf_error and tool != "edgetx":
+            if hf_error and tool not in ("edgetx", "llamacpp"):  # llama.cpp reads the GGUF itself
                 raise RuntimeError(hf_error)
             if python in VENVS:
                 python = ensure_venv(python, args.cache, args.reinstall)
