@@ -26,6 +26,7 @@ from edgetx.exporters.causal_lm import quiet_export
 from edgetx.exporters.hf import UnsupportedModel, _load_weights, _special_ids
 from edgetx.exporters.hf_vision import _compare, _preprocessor, export_vision
 from edgetx.exporters.source import ExportSource
+from edgetx.kinds.zero_shot import cosines
 from edgetx.passes import files
 from edgetx.runtimes.image import PREPROCESSOR_FILE
 
@@ -92,12 +93,6 @@ def _fit_logits(cosines: np.ndarray, logits: np.ndarray, folder: Path, architect
                                f"and text features (off by {residual:.3g}); edgetx cannot score labels from the towers")
     # a bias within the fit's own error is none (CLIP's logits are the scaled cosine alone)
     return float(scale), float(bias) if abs(bias) > FIT_TOLERANCE * max(abs(scale), 1.0) else 0.0
-
-
-def _cosines(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
-    a = images / np.linalg.norm(images, axis=-1, keepdims=True)
-    b = texts / np.linalg.norm(texts, axis=-1, keepdims=True)
-    return a @ b.T
 
 
 def export_text(wrapper: torch.nn.Module, example: dict[str, torch.Tensor], names: list[str], fixed_length: bool,
@@ -184,7 +179,7 @@ def zero_shot_source(folder: Path, config, tokenizer, tokenizer_files: dict, *, 
         if not np.isfinite(values).all():
             raise UnsupportedModel(f"{folder}: {model_class.__name__}'s own {what} on real photos and texts are not "
                                    "finite (inf/NaN) in PyTorch: its weights overflow in float32; nothing to export")
-    scale, bias = _fit_logits(_cosines(image_features, text_features), logits, folder, model_class.__name__)
+    scale, bias = _fit_logits(cosines(image_features, text_features), logits, folder, model_class.__name__)
     probabilities = "sigmoid" if getattr(model, "logit_bias", None) is not None else "softmax"
     dim = int(image_features.shape[-1])
     if text_features.shape[-1] != dim:

@@ -48,6 +48,8 @@ def batch_generate(generator: Generator, prompts: list[list[int]], config: Gener
     """(new token ids, finish reason) per prompt, in order; each as `generator.tokens` gives it alone."""
     from edgetx.runtimes.generate import sample_next
 
+    if config.max_new_tokens == 0:
+        return [([], "length") for _ in prompts]
     session, eos = generator.session, set(generator.tokenizer.eos_token_ids)
     rows = _Rows(prompts, generator.tokenizer.pad_token_id or 0, session.inputs)
     rngs = [np.random.default_rng(config.seed) for _ in prompts]  # each row's stream, as in a lone run
@@ -56,8 +58,6 @@ def batch_generate(generator: Generator, prompts: list[list[int]], config: Gener
     lengths = np.array([len(p) for p in prompts])  # each row's real positions fed so far
     stops = tuple(config.stop)
     feeds = causal_feeds(session.inputs, rows.ids, rows.mask, rows.positions, rows.cache, logits_to_keep=1)
-    if config.max_new_tokens == 0:
-        return [([], "length") for _ in prompts]
     prefill = True
     while len(rows.index):
         started = time.perf_counter()

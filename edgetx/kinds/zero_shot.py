@@ -33,12 +33,17 @@ def _graph_inputs(io: dict) -> dict[str, list[dict]]:
     return {"model": io["inputs"], TEXT: io["components"][TEXT]["inputs"]}
 
 
+def cosines(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """The cosine of every image's features (rows) with every text's (columns)."""
+    a = images / np.linalg.norm(images, axis=-1, keepdims=True)
+    b = texts / np.linalg.norm(texts, axis=-1, keepdims=True)
+    return a @ b.T
+
+
 def scores(facts: dict, images: np.ndarray, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(logits, probabilities) of every image (rows) for every text (columns), as the model scores them."""
     zero_shot = facts["zero_shot"]
-    a = images / np.linalg.norm(images, axis=-1, keepdims=True)
-    b = texts / np.linalg.norm(texts, axis=-1, keepdims=True)
-    logits = zero_shot["logit_scale"] * (a @ b.T) + zero_shot["logit_bias"]
+    logits = zero_shot["logit_scale"] * cosines(images, texts) + zero_shot["logit_bias"]
     if zero_shot["probabilities"] == "sigmoid":
         return logits, 1.0 / (1.0 + np.exp(-logits))
     return logits, softmax(logits)

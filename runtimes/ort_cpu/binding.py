@@ -37,6 +37,7 @@ class OrtCacheBinding(CacheBinding):
         self._buffers: dict[str, np.ndarray] = {}  # shared layout: each past's whole buffer
         self.capacity = capacity
         self.past = 0
+        self._bound_outputs: list[str] | None = None  # the outputs bound after the presents (bound once, kept)
         if capacity is not None:
             self._allocate(capacity)
         else:
@@ -60,6 +61,7 @@ class OrtCacheBinding(CacheBinding):
             self._held[name] = self._ort.OrtValue.ortvalue_from_numpy(buffer)
             self._binding.bind_ortvalue_input(name, self._held[name])
         self.capacity = capacity
+        self._bound_outputs = None  # the presents are new buffers: bind them again
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> RunResult:
         new = feeds["input_ids"].shape[1]
@@ -74,15 +76,22 @@ class OrtCacheBinding(CacheBinding):
             if name in self._bindable:
                 self._bind_input(name, value)
         binding = self._binding
-        binding.clear_binding_outputs()
         presents = [(name, spec.present) for name, spec in self._cache.items()]
-        for name, present in presents:  # bound first, so the outputs after them are the ones asked for
-            if self.capacity is not None:
-                binding.bind_ortvalue_output(present, self._held[name])
-            else:
+        if self._bound_outputs != output_names:  # the in-place presents are bound once
+            binding.clear_binding_outputs()
+            for name, present in presents:  # bound first, so the outputs after them are the ones asked for
+                if self.capacity is not None:
+                    binding.bind_ortvalue_output(present, self._held[name])
+                else:
+                    binding.bind_output(present, "cpu")  # onnxruntime allocates each run's presents
+            for name in output_names:
+                binding.bind_output(name, "cpu")
+            self._bound_outputs = list(output_names)
+        else:  # what onnxruntime allocates is bound afresh (a value left from the last run would be written over)
+            for name, present in presents if self.capacity is None else ():
                 binding.bind_output(present, "cpu")
-        for name in output_names:
-            binding.bind_output(name, "cpu")
+            for name in output_names:
+                binding.bind_output(name, "cpu")
         started = time.perf_counter()
         try:
             self._session.run_with_iobinding(binding)
