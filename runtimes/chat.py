@@ -37,7 +37,7 @@ class ChatSession:
             raise InputError(f"{generator.session.bundle.path}: its tokenizer has no chat template, so it has no chat "
                              "turns to keep; use Generator.generate on plain text")
         self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-        self.loop = generator.new_loop(generator.max_positions)  # bound in place: pages are used as turns fill them
+        self.loop = generator.new_loop(1024)  # room for the first turns; a bound in-place cache doubles when full
         self.cached_ids: list[int] = []  # what the cache holds, position by position
         self.reused_tokens = 0  # of the last turn's prompt, how many came from the cache
 
