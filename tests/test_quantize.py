@@ -369,15 +369,3 @@ def test_sensitivity_in_column_chunks_matches_the_whole_weight(name, monkeypatch
     whole = sensitivity.relative_error(SCHEMES[name], x, w)
     monkeypatch.setattr(sensitivity, "COLUMN_CHUNK", 64)
     assert whole > 0 and sensitivity.relative_error(SCHEMES[name], x, w) == pytest.approx(whole, rel=1e-5)
-
-
-def test_default_builds_drop_what_another_variant_beats_on_speed_accuracy_and_size():
-    from edgetx.build.pipeline import dominated
-
-    points = {"slow": (10.0, 0.01, 100), "fast": (5.0, 0.01, 100),  # fast beats slow on all three
-              "exact": (9.5, 0.0, 100),  # more accurate than fast: kept
-              "small": (4.0, 0.5, 50),  # smaller than all: kept
-              "near": (5.2, 0.01, 100)}  # under 10% slower than fast: within noise, kept
-    beaten = dominated(points)
-    assert set(beaten) == {"slow"} and beaten["slow"] in ("fast", "near")
-    assert dominated({"a": (1.0, 0.0, 1)}) == {}

@@ -210,34 +210,6 @@ def _quantize_variants(provisional: Bundle, writer: BundleWriter, manifest: dict
             shutil.rmtree(writer.path(f"{name}/x").parent, ignore_errors=True)
 
 
-FASTER = 0.9  # a variant is beaten on speed by one that times at most this fraction of it (timings are noisy)
-
-
-def dominated(points: dict[str, tuple[float, float, int]]) -> dict[str, str]:
-    """Of variants as name -> (latency ms, gate score (lower is better), bytes): those another variant beats on all
-    three — clearly faster, no less accurate, no larger —, each with the one that beats it."""
-    return {name: other for name, (ms, score, size) in points.items()
-            for other, (ms2, score2, size2) in points.items()
-            if other != name and ms2 <= FASTER * ms and score2 <= score and size2 <= size}
-
-
-def _drop_dominated(provisional: Bundle, writer: BundleWriter, manifest: dict, kind: ModelKind) -> None:
-    """Drop each default quantized variant that another one beats on latency, accuracy and size together, saying
-    which and by how much in its quantization record."""
-    results = manifest["quantization"]["results"]
-    points = {name: (r["latency"]["score_ms"], kind.gate_score(r["gate"]), r["bytes"]) for name, r in results.items()
-              if name in manifest["variants"] and "score_ms" in (r.get("latency") or {}) and "bytes" in r}
-    for name, other in dominated(points).items():
-        (ms, score, size), (ms2, score2, size2) = points[name], points[other]
-        results[name]["dropped"] = (f"not on the Pareto front: {other} is faster ({ms2:.1f} vs {ms:.1f} ms), no less "
-                                    f"accurate (gate score {score2:.3g} vs {score:.3g}) and no larger ({size2:,} vs "
-                                    f"{size:,} bytes); ask for it with --quantize to keep it")
-        manifest["variants"].pop(name, None)
-        provisional.manifest["variants"].pop(name, None)
-        for rel in kind.graph_files(name).values():
-            shutil.rmtree(writer.path(rel).parent, ignore_errors=True)
-
-
 def _drop_if_empty(folder: Path) -> None:
     """Remove a variant's folder that nothing was written to (its scheme missed or did not apply)."""
     if folder.is_dir() and not any(folder.iterdir()):
@@ -351,8 +323,6 @@ def build(model: str | Path | Any | None, out: str | Path, *, force: bool = Fals
         schemes = kind.schemes_for(source.model) if quantize is None else quantize
         if schemes and source.quant_data is not None:
             _quantize_variants(provisional, writer, manifest, source, kind, schemes, stage)
-            if quantize is None:  # the defaults: only variants on the front (asked-for schemes are all kept)
-                _drop_dominated(provisional, writer, manifest, kind)
         manifest["provenance"]["build"] = record.to_dict()  # before the last stage: hashing and renaming
         with stage("write manifest and move the bundle into place"):
             writer.commit(manifest)

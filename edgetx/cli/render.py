@@ -44,7 +44,7 @@ def print_quantization(manifest: Manifest) -> None:
     variants = manifest.variants
     fp32_bytes = variants["fp32"].bytes or 0
     table = Table(title="quantized variants (gated against fp32 on the bundle's held-out data)")
-    for col in ("scheme", "written", "MB", "vs fp32", "gate metrics", "kept in fp32", "ms", "missed by / why not"):
+    for col in ("scheme", "written", "MB", "vs fp32", "gate metrics", "kept in fp32", "ms", "missed by"):
         table.add_column(col)
     for name, r in results.items():
         if "not_applicable" in r:
@@ -57,10 +57,9 @@ def print_quantization(manifest: Manifest) -> None:
         rejected = r.get("rejected_by_parity")
         latency = {k: v for k, v in (r.get("latency") or {}).items() if k != "score_ms"}
         ms = ", ".join(f"{k.removesuffix('_ms')} {v:.2f}" for k, v in latency.items()) or "-"
-        why = "; ".join(r["missed_by"] or rejected or []) or r.get("dropped") or "-"
-        table.add_row(name, "[green]yes[/]" if written else "[yellow]dropped[/]" if r.get("dropped") else "[red]no[/]",
-                      f"{r['bytes'] / 1e6:.1f}", f"{r['bytes'] / fp32_bytes:.2f}x" if fp32_bytes else "-",
-                      kind.gate_summary(r["gate"]), kept, ms, why)
+        table.add_row(name, "[green]yes[/]" if written else "[red]no[/]", f"{r['bytes'] / 1e6:.1f}",
+                      f"{r['bytes'] / fp32_bytes:.2f}x" if fp32_bytes else "-", kind.gate_summary(r["gate"]), kept, ms,
+                      "; ".join(r["missed_by"] or rejected or []) or "-")
     console.print(table)
 
 
