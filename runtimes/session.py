@@ -19,7 +19,7 @@ from edgetx.bundle import MANIFEST, Bundle
 from edgetx.bundle.manifest import Variant
 from edgetx.errors import BundleError, InputError
 from edgetx.kinds.decoding import cache_specs, shares_cache_buffer
-from edgetx.runtimes.backend import REFERENCE_BACKEND, CacheBinding, RunResult, SessionOptions, get_backend
+from edgetx.runtimes.backend import REFERENCE_BACKEND, CacheBinding, LoopTimings, RunResult, SessionOptions, get_backend
 from edgetx.kinds import ModelKind, get_kind, require_helper
 from edgetx.runtimes.tokenizer import Tokenizer, tokenizer_for
 
@@ -310,9 +310,18 @@ class Session:
         cache = cache_specs(self.inputs, batch)
         if not cache:
             return None
-        if capacity is not None and not self._shares_cache_buffer():
+        if capacity is not None and self.backend.capabilities.graph_runs and not self._shares_cache_buffer():
             capacity = None
         return self._session.bind_cache(cache, capacity)
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The worker process the model runs in, for out-of-process backends; None when it runs in this one."""
+        return self._session.pid
+
+    def own_loop(self, prompt: np.ndarray, new_tokens: int) -> LoopTimings | None:
+        """Greedy generation timed inside the backend's own loop, where it has one (genai); else None."""
+        return self._session.own_loop(prompt, new_tokens)
 
     def _shares_cache_buffer(self) -> bool:
         """Whether this variant's graph reads each past only in a fused attention that writes the present in place."""
@@ -331,6 +340,8 @@ class Session:
 
     def run_timed(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> RunResult:
         """`run`, also returning the time the backend took."""
+        if not self.backend.capabilities.graph_runs:  # a runtime that owns its loop says why it takes no single run
+            return self._session.run(feeds, output_names)
         returned = self._returned
         unscanned = frozenset(id(v) for v in (feeds.values() if isinstance(feeds, dict) else ())
                               if returned.get(id(v)) is v)

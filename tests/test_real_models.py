@@ -185,3 +185,37 @@ def test_minilm_int8_meets_the_cosine_gate(minilm):
     assert "Attention" not in {n.op_type for n in int8_graph.graph.node} and result["quantizable_nodes"] == 24
     assert len(result["kept_fp32_nodes"]) <= 1
     assert "int8-outliers" in bundle.variants and result["latency"]["batch_ms"] > 0
+
+
+def test_smollm2_runs_in_onnxruntime_genai(smollm2, tmp_path):
+    """Converted for onnxruntime-genai (edgetx convert --to genai): genai's own greedy loop picks the tokens of edgetx's
+    Generator on fp32 and int4-grid-a8, with genai's shared KV buffer where the graph's attention is fused, and a genai
+    app (its tokenizer, its loop) prints edgetx's text."""
+    from edgetx.bundle import Bundle
+    from edgetx.runtimes import GenerationConfig, Generator, Session
+    from tests.conftest import backend_or_skip
+    from tests.test_genai import linked_copy, run_app
+
+    backend_or_skip("genai")
+    bundle, _, _ = smollm2
+    copy = linked_copy(bundle.path, tmp_path / "smollm2")
+    result = CliRunner().invoke(main, ["convert", str(copy), "--to", "genai", "--variant", "fp32",
+                                       "--variant", "int4-grid-a8"])
+    assert result.exit_code == 0, result.output
+    copy = Bundle.load(copy)
+    fused = copy.manifest["optimization"]["winner"] == "ort-fusions"
+    for name in ("fp32", "int4-grid-a8"):
+        assert copy.manifest["genai"][name]["past_present_share_buffer"] == fused
+        edgetx, genai = Generator(Session(copy, variant=name)), Session(copy, variant=name, backend="genai")
+        try:
+            for prompt in PROMPTS[:2]:
+                ids = edgetx.tokenizer.encode(prompt)
+                want = list(edgetx.tokens(ids, GenerationConfig(max_new_tokens=32)))
+                assert genai.own_loop(np.array(ids), len(want)).tokens == want, (name, prompt)
+        finally:
+            genai.close()
+    record = copy.manifest["genai"]["int4-grid-a8"]  # the GGUF's tokenizer puts <|im_start|> (1) in front
+    assert not record["tokenizer_agrees"] and record["prepend_ids"] == [1]
+    prompt = PROMPTS[0]
+    text = Generator(Session(copy, variant="int4-grid-a8")).generate(prompt, GenerationConfig(max_new_tokens=24))
+    assert run_app(copy.path / "int4-grid-a8", prompt, 24, record["prepend_ids"]) == text

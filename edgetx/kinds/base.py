@@ -122,6 +122,7 @@ class ModelKind:
     helpers: ClassVar[frozenset[str]] = frozenset()  # runtime helpers it offers (Generator: "generate", ...)
     default_schemes: ClassVar[tuple[str, ...]] = ()  # quantized variants a build adds by default
     default_fixed_dims: ClassVar[str] = "batch=1"  # fixed dims a pre-flight applies when none are given
+    genai_model_type: ClassVar[str | None] = None  # onnxruntime-genai's model type, where genai runs the kind
     truncates_text: ClassVar[bool] = False  # its tokenizer cuts long texts to the context (encoders)
     score: ClassVar[str] = "one run of the golden input, median ms"  # what `time_graph`'s score_ms measures
     timing_columns: ClassVar[tuple[str, ...]] = ("batch_ms",)  # `time_graph` keys shown per graph candidate

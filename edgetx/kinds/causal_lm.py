@@ -57,6 +57,7 @@ class CausalLM(ModelKind):
     # A GGUF whose layers keep weights on 8-bit grids (Q5_0, Q5_1, Q5_K, Q6_K, Q8_0) adds their exact schemes.
     EIGHT_BIT_GGUF_TYPES = frozenset({"Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"})
     default_fixed_dims = "batch=1,seq=1,past=127"  # one decode step
+    genai_model_type = "decoder"  # onnxruntime-genai runs it (edgetx convert --to genai)
     score = f"prefill + {DECODE_TOKENS} decode steps, median ms"
     timing_columns = ("prefill_ms", "decode_ms")
 
@@ -86,7 +87,10 @@ class CausalLM(ModelKind):
         prompt = golden["prefill.input_ids"]
         S = prompt.shape[1]
         want_tokens, want_logits = golden["decode.tokens"], golden["decode.logits"]
-        picks, steps, out = greedy(session.run, session.inputs, prompt, len(want_tokens))
+        graph_runs = session.backend.capabilities.graph_runs
+        # a runtime that owns its loop (genai) runs the sequence through the cache it keeps
+        loop = None if graph_runs else decode_loop(session, S + len(want_tokens) + 1)
+        picks, steps, out = greedy(session.run, session.inputs, prompt, len(want_tokens), loop)
         ok, diff, detail = compare(golden["prefill.logits"], out["logits"])
         checks.append(Check("prefill", ok, diff, f"{S} prompt positions" + (f"; {detail}" if detail else "")))
 
@@ -103,6 +107,8 @@ class CausalLM(ModelKind):
         ok = ok and (matched or not tolerance.greedy_must_match)
         checks.append(Check("greedy decode", ok, diff, summary, [agreed if not matched else len(want_tokens),
                                                                  len(want_tokens)]))
+        if not graph_runs:
+            return checks + [self._own_loop_check(session, prompt, picks)]
 
         # The cached steps must equal one pass over prompt + fed tokens without a cache.
         full = np.concatenate([prompt, np.array([got_tokens], dtype=np.int64)], axis=1)
@@ -127,6 +133,18 @@ class CausalLM(ModelKind):
                 ok, diff, _ = compare(batch, alone)
                 checks.append(Check("padding invariance", ok, diff, f"{rows} rows alone vs in the padded batch"))
         return checks
+
+    @staticmethod
+    def _own_loop_check(session: Any, prompt: np.ndarray, picks: list[int]) -> Check:
+        """A runtime that owns its generation loop (genai) picks, in that loop, the tokens its own logits argmax to.
+        The checks that need single graph runs (cache == recompute, padded batches) are ort-cpu's."""
+        timed = session.own_loop(prompt[0], len(picks))
+        if timed is None:
+            return Check("own loop", False, None, f"{session.backend.name} declares no single graph runs but has no loop")
+        agreed, first = metrics.token_agreement(picks, timed.tokens)
+        return Check("own loop", first is None, None,
+                     f"its greedy loop picks the argmax of its logits for {agreed} of {len(picks)} tokens; cache == "
+                     "recompute and padded batches need single graph runs: checked on ort-cpu", [agreed, len(picks)])
 
     def alone_vs_batch(self, golden: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
         if "padded.alone_logits" not in golden:
@@ -240,6 +258,12 @@ class CausalLM(ModelKind):
         prompt = np.resize(session.bundle.golden()["prefill.input_ids"][0], config.prompt_tokens)[None].astype(np.int64)
         prefill_s, steps_ms = [], []
         for rep in range(config.warmup + config.repeats):
+            timed = session.own_loop(prompt[0], config.new_tokens)  # a runtime's own loop (genai), timed inside it
+            if timed is not None:
+                if rep >= config.warmup:
+                    prefill_s.append(timed.first_seconds)
+                    steps_ms += [s * 1e3 for s in timed.step_seconds]
+                continue
             loop = decode_loop(session, config.prompt_tokens + config.new_tokens)  # the Generator's loop
             started = time.perf_counter()
             out = loop.prefill(prompt, logits_to_keep=1)
@@ -256,7 +280,7 @@ class CausalLM(ModelKind):
         ttft = statistics.median(prefill_s)
         decode = 1e3 / statistics.mean(steps_ms) if steps_ms else None
         batched = [{"batch": b, **self._batched_decode(session, prompt, b, config)}
-                   for b in getattr(config, "decode_batch_sizes", ())]
+                   for b in getattr(config, "decode_batch_sizes", ()) if session.backend.capabilities.graph_runs]
         for row in batched:
             row["x_batch_1"] = row["decode_tokens_per_s"] / decode if decode else None
         return {"prompt_tokens": config.prompt_tokens, "new_tokens": config.new_tokens,

@@ -179,12 +179,12 @@ def shares_cache_buffer(graph) -> bool:
 
 
 def greedy(run: Callable[[Feeds], dict[str, np.ndarray]], inputs: list[dict], prompt: np.ndarray,
-           steps: int) -> tuple[list[int], np.ndarray, dict[str, np.ndarray]]:
+           steps: int, loop: DecodeLoop | None = None) -> tuple[list[int], np.ndarray, dict[str, np.ndarray]]:
     """Greedy decoding of a one-row `prompt` with the graph's own cache, `steps` decode steps: (the steps + 1
     tokens picked — the prompt's argmax first, fed back one per step, and the last step's pick —, the
     last-position logits of each step, the prompt's outputs). The first token fed is the prompt's own
-    argmax, as PyTorch's golden decode does."""
-    loop = DecodeLoop(run, inputs)
+    argmax, as PyTorch's golden decode does. `loop`: run through that loop instead (a cache bound to the backend)."""
+    loop = loop or DecodeLoop(run, inputs)
     first = loop.prefill(prompt)
     picks, step_logits = [int(first["logits"][0, -1].argmax())], []
     for _ in range(steps):

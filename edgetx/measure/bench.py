@@ -3,7 +3,8 @@
 The timing loop is the model kind's (edgetx.kinds): decoders llama-bench style (`-p` prompt tokens, `-n`
 generated tokens: time to first token, prefill and decode tokens/s, per-token p50/p90/p99, and the decode
 step against the memory-bandwidth floor), encoders latency and throughput per batch size and sequence
-length. Every kind gets here: load time, file size, peak RSS of the process and its growth while loading,
+length. Every kind gets here: load time, file size, peak RSS of the process (of the worker process, for backends
+that run the model in one) and its growth while loading,
 threads, warm-up and repetition counts. Results can be stored in the bundle's manifest.
 """
 
@@ -33,10 +34,11 @@ class BenchConfig:
     decode_batch_sizes: tuple[int, ...] = ()  # decoders: also decode these many rows at once (aggregate tok/s)
 
 
-def _rss_mb() -> dict[str, float]:
-    """Current and peak resident set size of this process (Linux /proc; empty elsewhere)."""
+def _rss_mb(pid: int | None = None) -> dict[str, float]:
+    """Current and peak resident set size of this process, or of the worker `pid` (Linux /proc; empty elsewhere)."""
     try:
-        fields = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith(("VmRSS", "VmHWM")))
+        fields = dict(line.split(":", 1) for line in open(f"/proc/{pid or 'self'}/status")
+                      if line.startswith(("VmRSS", "VmHWM")))
     except OSError:
         return {}
     return {k: int(v.split()[0]) / 1024 for k, v in fields.items()}
@@ -71,14 +73,17 @@ def bench(bundle: Bundle, variants: list[str] | None = None, backend: str = REFE
             for component in kind.components:  # a model of several graphs loads them all
                 session.component(component)
             load_ms = (time.perf_counter() - started) * 1e3
-            after = _rss_mb()
+            worker = session.worker_pid  # a model run by a worker process: its memory, not this process's
+            before = {} if worker else before
+            after = _rss_mb(worker)
             measured = kind.bench(session, cfg)
-            end = _rss_mb()
+            end = _rss_mb(worker)
             results.append({
                 "variant": name, "precision": variant.precision, "backend": backend, "threads": t or "default",
                 "file_mb": sum(bundle.file(f).stat().st_size for f in variant.files()) / 1e6, "load_ms": load_ms,
                 "rss_mb": end.get("VmRSS"), "peak_rss_mb": end.get("VmHWM"),
                 "load_rss_delta_mb": (after.get("VmRSS", 0) - before.get("VmRSS", 0)) if after else None,
+                **({"rss_of": "worker process"} if worker else {}),
                 "warmup": cfg.warmup, "repeats": cfg.repeats, "machine": platform.machine(), **measured})
             session.close()
             del session
