@@ -69,9 +69,9 @@ def to_ort(bundle: Bundle, variants: list[str] | None = None) -> dict:
         for name in names:  # one folder per variant, the ONNX file linked (not copied) where possible
             source = bundle.file(bundle.variant(name).file)
             (staging / name).mkdir(parents=True)
-            _link_or_copy(source, staging / name / "model.onnx")
+            link_or_copy(source, staging / name / "model.onnx")
             if data_file(source).is_file():  # a variant under 2 GB may still keep its weights beside it
-                _link_or_copy(data_file(source), staging / name / data_file(source).name)
+                link_or_copy(data_file(source), staging / name / data_file(source).name)
         quiet = io.StringIO()
         logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
         try:
@@ -131,7 +131,7 @@ def _name_sources(config: Path, out: Path, files: dict[str, str]) -> None:
     config.write_text(text)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
     try:
         target.hardlink_to(source)
     except OSError:

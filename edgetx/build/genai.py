@@ -22,16 +22,19 @@ points elsewhere (`..` in a path), so the config and the tokenizer files go besi
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgetx import progress
+from edgetx.build.convert import link_or_copy
 from edgetx.bundle import Bundle
 from edgetx.errors import EdgetxError
 from edgetx.kinds import kind_of
 from edgetx.kinds.decoding import PAST_PREFIX, greedy, shares_cache_buffer
+from edgetx.passes.files import data_file
 from edgetx.runtimes.genai import GENAI_FORMAT
 
 CONFIG = "genai_config.json"
@@ -194,27 +197,31 @@ def to_genai(bundle: Bundle, variants: list[str] | None = None, threads: int | N
     try:
         for name in names:
             variant = bundle.variant(name)
-            model = bundle.file(variant.file)
+            model, rel = bundle.file(variant.file), Path(variant.file).parent
             graph = graph_skeleton(model)
-            shares = shares_cache_buffer(graph)
+            shares, graph_note = shares_cache_buffer(graph), "the variant's graph"
+            if not shares:  # genai's fast path needs GroupQueryAttention: rewrite MultiHeadAttention where it matches
+                with progress.stage(f"{name}: MultiHeadAttention as GroupQueryAttention, checked on the golden I/O"):
+                    rewritten, graph_note = gqa_graph(bundle, name)
+                if rewritten is not None:
+                    for path in (rewritten, data_file(rewritten)):
+                        if path.is_file():
+                            new_files[(rel / path.name).as_posix()] = path
+                    model, graph, shares = rewritten, graph_skeleton(rewritten), True
             stage = tmp_root / name
             stage.mkdir()
-            from edgetx.build.convert import _link_or_copy
-            from edgetx.passes.files import data_file
-
-            _link_or_copy(model, stage / model.name)
+            link_or_copy(model, stage / model.name)
             if data_file(model).is_file():
-                _link_or_copy(data_file(model), stage / data_file(model).name)
+                link_or_copy(data_file(model), stage / data_file(model).name)
             written = {CONFIG: json.dumps(genai_config(bundle, model.name, shares, graph), indent=2), **files}
             for file, text in written.items():
                 (stage / file).write_text(text + "\n")
             with progress.stage(f"{name}: genai's greedy loop vs edgetx's Generator ({CHECK_STEPS} tokens)"):
                 check = _check_in_genai(bundle, name, backend, stage / CONFIG, prompt, threads, bool(files))
-            rel = Path(variant.file).parent
             for file in written:
                 new_files[(rel / file).as_posix()] = stage / file
-            results[name] = {"config": (rel / CONFIG).as_posix(), "past_present_share_buffer": shares,
-                             "tokenizer": note, **check}
+            results[name] = {"config": (rel / CONFIG).as_posix(), "model": (rel / model.name).as_posix(),
+                             "graph": graph_note, "past_present_share_buffer": shares, "tokenizer": note, **check}
 
         def record(manifest: dict) -> None:
             for name, result in results.items():
@@ -223,8 +230,6 @@ def to_genai(bundle: Bundle, variants: list[str] | None = None, threads: int | N
 
         bundle.add_files(new_files, record)
     finally:
-        import shutil
-
         shutil.rmtree(tmp_root, ignore_errors=True)
     return results
 
@@ -242,6 +247,49 @@ def tokenizer_agreement(texts: list[str], edgetx_ids: list[list[int]], genai_ids
     text = next(t for t, want, got in zip(texts, edgetx_ids, genai_ids) if want != got)
     return {"tokenizer_agrees": False, "tokenizer_note": f"genai's tokenizer encodes {text[:40]!r} otherwise than the "
                                                          "bundle's tokenizer: a genai app should feed edgetx's token ids"}
+
+
+GQA_MODEL = "model.genai.onnx"  # a variant's graph with GroupQueryAttention, beside its model.onnx
+
+
+def gqa_graph(bundle: Bundle, name: str) -> tuple[Path | None, str]:
+    """The variant's graph with its MultiHeadAttention rewritten as GroupQueryAttention (edgetx.passes.mha_gqa), saved
+    beside it as model.genai.onnx once every parity check of the model kind passes on it (the variant's tolerance, the
+    golden I/O); else (None, why not). The file is unlisted until the caller records it."""
+    import dataclasses
+
+    from edgetx.onnx_info import graph_skeleton
+    from edgetx.passes.files import transform_file
+    from edgetx.passes.mha_gqa import MhaAsGqa
+    from edgetx.runtimes.session import Session
+    from edgetx.verify.tolerances import tolerance_for
+
+    variant = bundle.variant(name)
+    rel = (Path(variant.file).parent / GQA_MODEL).as_posix()
+    target = bundle.file(rel)
+    [log] = transform_file(bundle.file(variant.file), target, [MhaAsGqa()])
+    if not log["modified"] or not shares_cache_buffer(graph_skeleton(target)):
+        _remove(target)
+        why = log.get("skipped") or "the rewritten graph still reads its past outside the attention"
+        return None, f"the variant's graph ({why}), so genai copies the cache each step"
+    session = Session(bundle, variant=dataclasses.replace(variant, file=rel, formats={}))
+    try:
+        checks = session.kind.parity_checks(session, bundle.golden(), tolerance_for(variant.precision, variant.tolerance))
+    finally:
+        session.close()
+    failed = [f"{c.name} ({c.detail})" for c in checks if not c.passed]
+    if failed:
+        _remove(target)
+        return None, f"the variant's graph (with GroupQueryAttention it failed {', '.join(failed)}), so genai copies the cache"
+    return target, (f"{GQA_MODEL}: the variant's graph with its {log['attention_nodes']} MultiHeadAttention nodes as "
+                    f"GroupQueryAttention (genai's shared KV buffer), passing {len(checks)} parity checks")
+
+
+def _remove(path: Path) -> None:
+    from edgetx.passes.files import data_file
+
+    path.unlink(missing_ok=True)
+    data_file(path).unlink(missing_ok=True)
 
 
 def _check_in_genai(bundle: Bundle, name: str, backend, config: Path, prompt: np.ndarray, threads: int | None,

@@ -101,9 +101,9 @@ def _convert_genai(bundle, variants: list[str] | None, no_verify: bool) -> None:
     results = to_genai(bundle, variants)
     for name, result in results.items():
         agreed, steps = result["greedy_tokens"]
-        console.print(f"{name}: wrote {result['config']} (+ tokenizer: {result['tokenizer']}); past_present_share_buffer "
-                      f"{str(result['past_present_share_buffer']).lower()}; genai's greedy loop = edgetx's Generator "
-                      f"for {agreed}/{steps} tokens ({result['checked_with']})")
+        console.print(f"{name}: wrote {result['config']}; model: {result['graph']}; past_present_share_buffer "
+                      f"{str(result['past_present_share_buffer']).lower()}; tokenizer: {result['tokenizer']}; genai's "
+                      f"greedy loop = edgetx's Generator for {agreed}/{steps} tokens ({result['checked_with']})")
         if result.get("tokenizer_note"):
             console.print(f"[yellow]{name}: {result['tokenizer_note']}[/]")
     if no_verify:
