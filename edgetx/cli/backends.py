@@ -33,10 +33,13 @@ def backends() -> None:
 
 
 def _installers() -> dict[str, str]:
-    """Environment name -> installer module, over every registered backend."""
+    """Environment name -> installer module, over every registered backend and the toolchains that are not
+    backends (edgetx.runtimes.environment.TOOLCHAINS: the native verifier's)."""
     from edgetx.runtimes import list_backends
+    from edgetx.runtimes.environment import TOOLCHAINS
 
-    return {b.environment: b.installer for b in list_backends().values() if b.environment and b.installer}
+    return {**{b.environment: b.installer for b in list_backends().values() if b.environment and b.installer},
+            **TOOLCHAINS}
 
 
 @main.command()
