@@ -3,6 +3,8 @@
  *   edgetx-native verify BUNDLE [--variant NAME]... [--threads N] [--json]
  *   edgetx-native bench BUNDLE [--variant NAME]... [--prompt-tokens N] [--new-tokens N] [--runs N] [--warmup N]
  *                 [--threads N] [--json]
+ *   edgetx-native sha256 FILE...        # diagnostics: the library's sha256 and .npz reader on their own
+ *   edgetx-native npz FILE
  *
  * Exit status: 0 all checks pass, 1 a parity check failed, 2 a refused bundle, an unsupported model or bad usage. */
 #include <stdio.h>
@@ -16,7 +18,8 @@
 static const char USAGE[] =
     "usage: edgetx-native verify BUNDLE [--variant NAME]... [--threads N] [--json]\n"
     "       edgetx-native bench BUNDLE [--variant NAME]... [--prompt-tokens N] [--new-tokens N] [--runs N]\n"
-    "                     [--warmup N] [--threads N] [--json]\n"
+    "                     [--warmup N] [--threads N] [--json]     (-p, -n, --repeats: as edgetx bench)\n"
+    "       edgetx-native sha256 FILE...   |   edgetx-native npz FILE      (diagnostics, JSON on stdout)\n"
     "Checks an edgetx bundle (manifest, sha256 of every file, paths) and runs its variants' parity checks against\n"
     "the golden I/O captured from PyTorch, or times them, on onnxruntime's C API. Exit status: 0 pass, 1 parity\n"
     "failed, 2 refused bundle, unsupported model or bad usage.\n";
@@ -52,9 +55,9 @@ static int parse(int argc, char **argv, args *a) {
     for (int i = 2; i < argc; i++) {
         const char *arg = argv[i];
         int *target = strcmp(arg, "--threads") == 0 ? &a->threads
-                    : strcmp(arg, "--prompt-tokens") == 0 ? &a->bench.prompt_tokens
-                    : strcmp(arg, "--new-tokens") == 0 ? &a->bench.new_tokens
-                    : strcmp(arg, "--runs") == 0 ? &a->bench.repeats
+                    : strcmp(arg, "--prompt-tokens") == 0 || strcmp(arg, "-p") == 0 ? &a->bench.prompt_tokens
+                    : strcmp(arg, "--new-tokens") == 0 || strcmp(arg, "-n") == 0 ? &a->bench.new_tokens
+                    : strcmp(arg, "--runs") == 0 || strcmp(arg, "--repeats") == 0 ? &a->bench.repeats
                     : strcmp(arg, "--warmup") == 0 ? &a->bench.warmup : NULL;
         if (strcmp(arg, "--json") == 0) {
             a->json = 1;
@@ -149,7 +152,49 @@ static int bench(et_bundle *b, const args *a) {
     return 0;
 }
 
+/* Diagnostics: sha256 of files, or the arrays of an .npz (name, dtype, shape, sha256 of the data bytes). */
+static int tool(int argc, char **argv) {
+    cJSON *out = cJSON_CreateObject();
+    et_error err = {0};
+    int rc = 0;
+    if (strcmp(argv[1], "sha256") == 0) {
+        for (int i = 2; i < argc; i++) {
+            char hex[65];
+            if (et_sha256_file(argv[i], hex)) rc = 2, fprintf(stderr, "edgetx-native: cannot read %s\n", argv[i]);
+            else cJSON_AddStringToObject(out, argv[i], hex);
+        }
+    } else if (argc != 3) {
+        rc = usage_error("npz takes one FILE", NULL);
+    } else {
+        et_npz npz;
+        static const char *const dtypes[] = {"float32", "float64", "int64", "int32", "bool", "uint8", "other"};
+        if (et_npz_read(argv[2], &npz, &err)) {
+            rc = 2;
+            fprintf(stderr, "edgetx-native: %s\n", err.message);
+        }
+        for (size_t i = 0; !rc && i < npz.count; i++) {
+            const et_array *a = &npz.arrays[i];
+            cJSON *entry = cJSON_CreateObject(), *shape = cJSON_CreateArray();
+            et_sha256 ctx;
+            char hex[65];
+            et_sha256_init(&ctx);
+            et_sha256_update(&ctx, a->data, a->count * a->itemsize);
+            et_sha256_hex(&ctx, hex);
+            for (int d = 0; d < a->ndim; d++) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)a->shape[d]));
+            cJSON_AddStringToObject(entry, "dtype", dtypes[a->dtype]);
+            cJSON_AddItemToObject(entry, "shape", shape);
+            cJSON_AddStringToObject(entry, "sha256", hex);
+            cJSON_AddItemToObject(out, a->name, entry);
+        }
+        if (!rc) et_npz_free(&npz);
+    }
+    if (!rc) print_json(out);
+    else cJSON_Delete(out);
+    return rc;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 2 && (strcmp(argv[1], "sha256") == 0 || strcmp(argv[1], "npz") == 0)) return tool(argc, argv);
     args a;
     int rc = parse(argc, argv, &a);
     if (rc) return rc < 0 ? 0 : rc;
