@@ -12,7 +12,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -54,15 +53,21 @@ def run(argv: list[str], prefix: list[str] | None = None, env: dict | None = Non
 
 
 def python_verify(bundle) -> list[dict]:
-    result = subprocess.run([sys.executable, "-m", "edgetx.cli", "verify", str(bundle), "--json"], capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, result.stderr
+    """`edgetx verify BUNDLE --json`, in this process (so a kind registered by a test is known)."""
+    from click.testing import CliRunner
+
+    from edgetx.cli import main
+
+    result = CliRunner().invoke(main, ["verify", str(bundle), "--json"])
+    assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
 
-def assert_same_reports(native_reports: list[dict], python_reports: list[dict]) -> None:
+def assert_same_reports(native_reports: list[dict], python_reports: list[dict], quantized_max_abs: bool = True) -> None:
     """Same variants, keys, checks, verdicts, tolerances and greedy token counts; max |diff| within 1e-4 or 2x
-    (onnxruntime 1.31.1 in C, the Python wheel's version in Python)."""
+    (onnxruntime 1.31.1 in C, the Python wheel's version in Python). `quantized_max_abs=False`: another CPU (ARM64),
+    whose quantized kernels (int8 activations of MatMulNBits) round differently: there the KL-judged variants'
+    max |diff| is not compared, their verdicts are."""
     assert [r["variant"] for r in native_reports] == [r["variant"] for r in python_reports]
     for mine, theirs in zip(native_reports, python_reports):
         assert set(mine) == set(theirs) and mine["backend"] == "native-cpu"
@@ -71,6 +76,8 @@ def assert_same_reports(native_reports: list[dict], python_reports: list[dict]) 
         assert [c["name"] for c in mine["checks"]] == [c["name"] for c in theirs["checks"]]
         for a, b in zip(mine["checks"], theirs["checks"]):
             assert set(a) == set(b) and (a["passed"], a["tokens"]) == (b["passed"], b["tokens"]), (mine["variant"], a, b)
+            if not quantized_max_abs and theirs["tolerance"]["max_kld"] is not None:
+                continue
             if b["max_abs"] is None:
                 assert a["max_abs"] is None
             else:
@@ -323,7 +330,7 @@ def test_arm64_build_verifies_the_reference_bundle_under_qemu(reference_bundle):
                  env={"PATH": "/usr/bin:/bin", "QEMU_CPU": DEFAULT_CPU})
     assert result.returncode == 0, result.stderr
     mine = json.loads(result.stdout)
-    assert_same_reports(mine, python_verify(reference_bundle.path))
+    assert_same_reports(mine, python_verify(reference_bundle.path), quantized_max_abs=False)
     assert any(c["name"] == "greedy decode" and c["tokens"][0] == c["tokens"][1] for r in mine for c in r["checks"])
     result = run([binary, "bench", str(reference_bundle.path), "--variant", "fp32", "-p", "64", "-n", "16", "--runs",
                   "1", "--json"], prefix=[str(env_dir / QEMU), "-L", str(env_dir / "sysroot")],
