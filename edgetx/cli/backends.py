@@ -59,6 +59,7 @@ def provision(names: tuple[str, ...], all_: bool, force: bool, root: Path | None
     Examples:
       edgetx provision web arm64            # what `make test` needs
       edgetx provision qnn openvino xnnpack # the vendor stacks
+      edgetx provision native               # headers and libraries of the C verifier (runtimes/native/)
       edgetx provision --all
       edgetx provision arm64 --force        # rebuild it (e.g. after upgrading onnxruntime)
     """
