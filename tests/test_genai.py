@@ -108,7 +108,10 @@ def test_convert_records_checked_genai_folders(converted):
         record = bundle.manifest["genai"][name]
         assert record["greedy_tokens"] == [24, 24] and "onnxruntime-genai 0.18" in record["checked_with"]
         written = json.loads(bundle.file(config).read_text())
-        assert written["model"]["type"] == "decoder" and written["model"]["decoder"]["filename"] == "model.onnx"
+        # the reference GPT's attention fuses to MultiHeadAttention: genai gets the GroupQueryAttention form beside it
+        assert written["model"]["type"] == "decoder" and written["model"]["decoder"]["filename"] == "model.genai.onnx"
+        assert written["search"]["past_present_share_buffer"] is True and record["past_present_share_buffer"]
+        assert f"{name}/model.genai.onnx" in bundle.manifest.files and "passing 5 parity checks" in record["graph"]
         assert written["model"]["decoder"]["num_hidden_layers"] == bundle.model["num_layers"]
 
 
@@ -137,6 +140,42 @@ def test_a_genai_app_generates_the_same_text_as_edgetx(converted):
     want = Generator(Session(bundle, variant="fp32")).generate(prompt, GenerationConfig(max_new_tokens=40))
     assert bundle.manifest["genai"]["fp32"]["tokenizer_agrees"]
     assert run_app(bundle.path / "fp32", prompt, 40) == want
+
+
+@pytest.fixture(scope="module")
+def c_app(tmp_path_factory) -> Path:
+    """runtimes/genai/app.c built against the PyPI wheel's libonnxruntime-genai.so, with libonnxruntime.so.1 beside it
+    (genai loads onnxruntime from its own folder, as an app ships the two)."""
+    from edgetx.runtimes.genai import WORKER
+
+    site = Path(genai_python()).parent.parent / "lib"
+    genai_lib = next(site.glob("python*/site-packages/onnxruntime_genai/libonnxruntime-genai.so"))
+    ort_lib = next(site.glob("python*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*"))
+    folder = tmp_path_factory.mktemp("c-app")
+    (folder / "lib").mkdir()
+    (folder / "lib" / genai_lib.name).symlink_to(genai_lib)
+    (folder / "lib" / "libonnxruntime.so.1").symlink_to(ort_lib)
+    done = subprocess.run(["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", str(WORKER.parent / "app.c"), "-o",
+                           str(folder / "app"), f"-L{folder / 'lib'}", "-l:libonnxruntime-genai.so",
+                           "-Wl,-rpath,$ORIGIN/lib"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return folder / "app"
+
+
+@pytest.mark.slow
+def test_a_c_app_on_genai_generates_the_same_text_as_edgetx(converted, c_app):
+    from edgetx.runtimes import GenerationConfig, Generator, Session
+
+    bundle, _ = converted
+    prompt = "import os\n\ndef main():\n"
+    for name in ("fp32", "int4"):
+        want = Generator(Session(bundle, variant=name)).generate(prompt, GenerationConfig(max_new_tokens=48))
+        done = subprocess.run([str(c_app), str(bundle.path / name), prompt, "48"], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == want, name
+    done = subprocess.run([str(c_app), str(bundle.path / "no-such-variant"), prompt, "4"], capture_output=True, text=True)
+    assert done.returncode == 1 and "loading the model folder failed" in done.stderr
 
 
 @pytest.mark.slow
@@ -189,3 +228,54 @@ def test_encoders_are_not_converted(tiny_bundle):
     with pytest.raises(EdgetxError, match="runs decoder language models; this bundle is an encoder"):
         to_genai(bundle)
     assert json.loads((tiny_bundle / "manifest.json").read_text()) == data
+
+
+@pytest.mark.slow
+def test_multi_head_attention_as_group_query_attention(reference_bundle, tmp_path):
+    """The reference GPT's fused MultiHeadAttention over Concat(past, new) becomes GroupQueryAttention writing the
+    presents: every past is read by the attention only (one buffer can serve as past and present), and the graph gives
+    the bundle's answers on every check, with the cache bound in one in-place buffer too."""
+    import dataclasses
+
+    from edgetx.kinds.decoding import decode_loop, shares_cache_buffer
+    from edgetx.onnx_info import graph_skeleton
+    from edgetx.passes.files import transform_file
+    from edgetx.passes.mha_gqa import MhaAsGqa
+    from edgetx.runtimes import Session
+    from edgetx.verify.tolerances import tolerance_for
+
+    bundle = Bundle.load(linked_copy(reference_bundle.path, tmp_path / "ref"))
+    variant = bundle.variant("fp32")
+    assert not shares_cache_buffer(graph_skeleton(bundle.file(variant.file)))
+    [log] = transform_file(bundle.file(variant.file), bundle.path / "fp32" / "gqa.onnx", [MhaAsGqa()])
+    assert log["attention_nodes"] == bundle.model["num_layers"] and log["past_batch_reads_moved"] >= 1
+    assert "MultiHeadAttention" not in str(log["ops_after"]) and log["ops_after"]["com.microsoft.GroupQueryAttention"]
+    assert shares_cache_buffer(graph_skeleton(bundle.path / "fp32" / "gqa.onnx"))
+    session = Session(bundle, variant=dataclasses.replace(variant, file="fp32/gqa.onnx"))
+    checks = session.kind.parity_checks(session, bundle.golden(), tolerance_for("fp32", variant.tolerance))
+    assert [c.name for c in checks if c.passed] == [c.name for c in checks] and len(checks) == 5
+    prompt = bundle.golden()["prefill.input_ids"]
+    plain, bound = decode_loop(Session(bundle, variant="fp32"), bind=False), decode_loop(session, 64)
+    assert bound.binding is not None and bound.binding.capacity  # the in-place buffer
+    for loop in (plain, bound):
+        loop.logits = [loop.prefill(prompt)["logits"][0, -1]]
+        for _ in range(8):
+            loop.logits.append(loop.step(int(loop.logits[-1].argmax()))["logits"][0, -1])
+    assert np.abs(np.array(plain.logits) - np.array(bound.logits)).max() < 1e-4
+
+
+def test_the_rewrite_says_why_it_does_not_apply(tiny_bundle):
+    from edgetx.passes.base import ir
+    from edgetx.passes.files import load
+    from edgetx.passes.mha_gqa import MhaAsGqa
+
+    model = load(tiny_bundle / "fp32" / "model.onnx")  # the tiny GPT's fused graph: two MultiHeadAttention nodes
+    attention = [n for n in model.graph if n.op_type == "MultiHeadAttention"]
+    attention[1].attributes["unidirectional"] = ir.AttrInt64("unidirectional", 1)
+    result = MhaAsGqa().call(model)
+    assert not result.modified and result.details["skipped"].startswith("1 of 2 MultiHeadAttention nodes do not match")
+    assert "is unidirectional" in result.details["skipped"]  # and no node was rewritten: all or none
+    assert [n.op_type for n in model.graph].count("MultiHeadAttention") == 2
+    del attention[1].attributes["unidirectional"]
+    assert MhaAsGqa().call(model).modified
+    assert MhaAsGqa().call(model).details["skipped"] == "no fused MultiHeadAttention"
