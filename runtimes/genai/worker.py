@@ -82,49 +82,37 @@ class Runner:
 
 
 def serve(stdin, stdout) -> None:
-    runner = None
-    while True:
-        try:
-            request, arrays = wire.read_message(stdin)
-        except EOFError:
-            return
-        try:
-            op = request["op"]
-            if op == "close":
-                wire.write_message(stdout, {"ok": True})
-                return
-            if op == "load":
-                import onnxruntime
-                import onnxruntime_genai as og
+    state = {}
 
-                runner = Runner(request)
-                wire.write_message(stdout, {"ok": True, "outputs": ["logits"],
-                                            "runtime": f"onnxruntime-genai {og.__version__} "
-                                                       f"(onnxruntime {onnxruntime.__version__})"})
-                continue
-            if runner is None:
-                raise RuntimeError(f"{op} before load")
-            if op == "append":
-                started = time.perf_counter()
-                logits = runner.append(arrays["input_ids"], int(request["max_length"]))
-                wire.write_message(stdout, {"ok": True, "seconds": time.perf_counter() - started,
-                                            "length": runner.length}, {"logits": logits})
-            elif op == "rewind":
-                runner.rewind(int(request["length"]))
-                wire.write_message(stdout, {"ok": True})
-            elif op == "reset":
-                runner.generator, runner.length = None, 0
-                wire.write_message(stdout, {"ok": True})
-            elif op == "encode":  # genai's own tokenizer (onnxruntime-extensions) on the folder's tokenizer files
-                tokenizer = runner.og.Tokenizer(runner.model)
-                wire.write_message(stdout, {"ok": True, "ids": [[int(i) for i in tokenizer.encode(text)]
-                                                                for text in request["texts"]]})
-            elif op == "generate":
-                wire.write_message(stdout, {"ok": True, **runner.generate(arrays["prompt"], int(request["new_tokens"]))})
-            else:
-                raise ValueError(f"unknown op {op!r}")
-        except Exception as e:  # report to the caller, keep serving
-            wire.write_message(stdout, {"ok": False, "error": f"{type(e).__name__}: {e}"})
+    def handle(request: dict, arrays: dict) -> tuple[dict, dict]:
+        op, runner = request["op"], state.get("runner")
+        if op == "load":
+            import onnxruntime
+            import onnxruntime_genai as og
+
+            state["runner"] = Runner(request)
+            return {"outputs": ["logits"], "runtime": f"onnxruntime-genai {og.__version__} "
+                                                      f"(onnxruntime {onnxruntime.__version__})"}, {}
+        if runner is None:
+            raise RuntimeError(f"{op} before load")
+        if op == "append":
+            started = time.perf_counter()
+            logits = runner.append(arrays["input_ids"], int(request["max_length"]))
+            return {"seconds": time.perf_counter() - started, "length": runner.length}, {"logits": logits}
+        if op == "rewind":
+            runner.rewind(int(request["length"]))
+            return {}, {}
+        if op == "reset":
+            runner.generator, runner.length = None, 0
+            return {}, {}
+        if op == "encode":  # genai's own tokenizer (onnxruntime-extensions) on the folder's tokenizer files
+            tokenizer = runner.og.Tokenizer(runner.model)
+            return {"ids": [[int(i) for i in tokenizer.encode(text)] for text in request["texts"]]}, {}
+        if op == "generate":
+            return runner.generate(arrays["prompt"], int(request["new_tokens"])), {}
+        raise ValueError(f"unknown op {op!r}")
+
+    wire.serve(stdin, stdout, handle)
 
 
 if __name__ == "__main__":

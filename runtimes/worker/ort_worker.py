@@ -181,39 +181,31 @@ def placement(request: dict) -> dict:
 
 
 def serve(stdin, stdout) -> None:
-    session = None
-    while True:
-        try:
-            request, arrays = wire.read_message(stdin)
-        except EOFError:
-            return
-        try:
-            if request["op"] == "close":
-                wire.write_message(stdout, {"ok": True})
-                return
-            if request["op"] == "load":
-                import onnxruntime as ort
-                import platform
+    state = {}
 
-                session = load(request)
-                reply = {"ok": True, "outputs": [o.name for o in session.get_outputs()],
-                         "runtime": f"onnxruntime {ort.__version__}", "machine": platform.machine(),
-                         "providers": session.get_providers()}
-                if request.get("placement"):
-                    reply["placement"] = placement(request)
-                wire.write_message(stdout, reply)
-            elif request["op"] == "run":
-                if session is None:
-                    raise RuntimeError("run before load")
-                names = request.get("outputs") or [o.name for o in session.get_outputs()]
-                start = time.perf_counter()
-                values = session.run(names, arrays)
-                seconds = time.perf_counter() - start
-                wire.write_message(stdout, {"ok": True, "seconds": seconds}, dict(zip(names, values)))
-            else:
-                raise ValueError(f"unknown op {request['op']!r}")
-        except Exception as e:  # report to the caller, keep serving
-            wire.write_message(stdout, {"ok": False, "error": f"{type(e).__name__}: {e}"})
+    def handle(request: dict, arrays: dict) -> tuple[dict, dict]:
+        if request["op"] == "load":
+            import platform
+
+            import onnxruntime as ort
+
+            session = state["session"] = load(request)
+            reply = {"outputs": [o.name for o in session.get_outputs()], "runtime": f"onnxruntime {ort.__version__}",
+                     "machine": platform.machine(), "providers": session.get_providers()}
+            if request.get("placement"):
+                reply["placement"] = placement(request)
+            return reply, {}
+        if request["op"] == "run":
+            session = state.get("session")
+            if session is None:
+                raise RuntimeError("run before load")
+            names = request.get("outputs") or [o.name for o in session.get_outputs()]
+            start = time.perf_counter()
+            values = session.run(names, arrays)
+            return {"seconds": time.perf_counter() - start}, dict(zip(names, values))
+        raise ValueError(f"unknown op {request['op']!r}")
+
+    wire.serve(stdin, stdout, handle)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ little-endian bytes of each tensor the header lists, back to back:
     header = {"op": "run", ..., "tensors": [{"name": "input_ids", "dtype": "int64", "shape": [1, 8]}, ...]}
 
 Requests: {"op": "load", "model": PATH, "threads": N, "graph_optimization": LEVEL|null, "extra": {}},
-{"op": "run", "outputs": [names] | null, "tensors": [...]}, {"op": "close"}.
+{"op": "run", "outputs": [names] | null, "tensors": [...]}, {"op": "close"} (a worker may add its own ops; `serve`
+is the loop every Python worker runs).
 Replies: {"ok": true, "seconds": S, "tensors": [...]} or {"ok": false, "error": "..."}.
 
 Only stdlib and numpy here: the ARM64 worker imports this file under emulation.
@@ -62,3 +63,22 @@ def read_message(stream: BinaryIO) -> tuple[dict, dict[str, np.ndarray]]:
         raw = _read_exact(stream, count * dtype.itemsize)
         arrays[spec["name"]] = np.frombuffer(raw, dtype=dtype).reshape(spec["shape"]).astype(dtype.newbyteorder("="))
     return header, arrays
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO, handle) -> None:
+    """A worker's loop: answer requests until {"op": "close"} or the end of input. `handle(request, arrays)` returns
+    (reply fields, tensors); an exception in it becomes {"ok": false, "error": ...} and the worker keeps serving."""
+    while True:
+        try:
+            request, arrays = read_message(stdin)
+        except EOFError:
+            return
+        if request.get("op") == "close":
+            write_message(stdout, {"ok": True})
+            return
+        try:
+            reply, tensors = handle(request, arrays)
+        except Exception as e:  # report to the caller, keep serving
+            write_message(stdout, {"ok": False, "error": f"{type(e).__name__}: {e}"})
+        else:
+            write_message(stdout, {"ok": True, **reply}, tensors)
