@@ -49,6 +49,7 @@ class Capabilities:
     # it keeps (BackendSession.bind_cache) and times whole generations (own_loop), never one graph run with the
     # cache passed in: checks that need single graph runs stay with the backends that make them
     graph_runs: bool = True
+    kinds: tuple[str, ...] | None = None  # the model kinds it runs (None: every kind)
 
     @property
     def fixed_shapes(self) -> bool:

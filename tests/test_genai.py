@@ -219,6 +219,20 @@ def test_convert_to_genai_says_what_is_wrong(tiny_bundle, tmp_path, monkeypatch)
     assert (tiny_bundle / "manifest.json").read_bytes() == before and not list(tiny_bundle.glob("*/genai_config.json"))
 
 
+def test_genai_cells_of_other_kinds_say_genai_runs_decoders_only(tiny_bundle):
+    from edgetx.runtimes import list_backends
+    from edgetx.verify.parity import verify, verify_matrix
+
+    if not list_backends()["genai"].availability().available:
+        pytest.skip("genai is not provisioned")  # the message is the matrix's; genai itself does not run here
+    bundle = Bundle.load(tiny_bundle)
+    bundle.manifest["model"]["kind"] = "encoder"  # in memory only
+    [report, *_] = verify_matrix(bundle, ["genai"])
+    assert report.skipped == "genai runs causal-lm models only"
+    with pytest.raises(BackendError, match="genai runs causal-lm models only; .* is an encoder"):
+        verify(bundle, backend="genai")
+
+
 def test_encoders_are_not_converted(tiny_bundle):
     from edgetx.build.genai import to_genai
 

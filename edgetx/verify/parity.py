@@ -80,6 +80,9 @@ def verify(bundle: Bundle, backend: str = REFERENCE_BACKEND, variants: list[str]
     backend that loads fixed-shape files, against ort-cpu at the bundle's fixed dims)."""
     kind = kind_of(bundle)
     plugin = get_backend(backend)
+    if plugin.capabilities.kinds and kind.name not in plugin.capabilities.kinds:
+        raise BackendError(f"{backend} runs {', '.join(plugin.capabilities.kinds)} models only; {bundle.path} is "
+                           f"{kind.described_as}")
     golden = bundle.golden()
     reports = []
     for name in variants or list(bundle.variants):
@@ -135,7 +138,10 @@ def verify_matrix(bundle: Bundle, backends: list[str] | None = None, threads: in
             skipped = ""
             model_format, limit = plugin.capabilities.model_format, plugin.capabilities.max_parameters
             missing_graphs = [g for g in variant.components if model_format not in variant.component_formats.get(g, {})]
-            if model_format != "onnx" and missing_graphs and not plugin.capabilities.fixed_shapes:
+            kinds = plugin.capabilities.kinds
+            if kinds and bundle.model.get("kind") not in kinds:
+                skipped = f"{backend} runs {', '.join(kinds)} models only"
+            elif model_format != "onnx" and missing_graphs and not plugin.capabilities.fixed_shapes:
                 skipped = f"no {model_format} file: edgetx does not make one for a model of several graphs yet"
             elif model_format != "onnx" and (model_format not in (variant.formats or {}) or missing_graphs):
                 how = "fixed --shape ..." if plugin.capabilities.fixed_shapes else model_format

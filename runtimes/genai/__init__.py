@@ -83,7 +83,7 @@ class GenaiSession(WorkerSession):
 class GenaiBackend(ProvisionedBackend):
     name = "genai"
     description = "onnxruntime-genai's runtime and generation loop (CPU), on folders `edgetx convert --to genai` wrote"
-    capabilities = Capabilities(model_format=GENAI_FORMAT, graph_runs=False)
+    capabilities = Capabilities(model_format=GENAI_FORMAT, graph_runs=False, kinds=("causal-lm",))
     environment = "genai"
     installer = "edgetx.runtimes.genai.provision"
 
