@@ -58,8 +58,7 @@ def genai_config(bundle: Bundle, model_file: str, shares_buffer: bool, graph) ->
     return {
         "model": {
             "type": "decoder", "context_length": context, "vocab_size": model.get("vocab_size"),
-            "eos_token_id": eos, "pad_token_id": pad, **({"bos_token_id": spec["bos_token_id"]}
-                                                         if spec.get("bos_token_id") is not None else {}),
+            "eos_token_id": eos, "pad_token_id": pad,
             "decoder": {
                 "filename": model_file, "session_options": {"log_id": "edgetx", "provider_options": []},
                 "num_hidden_layers": len(pasts), "num_key_value_heads": kv_heads, "num_attention_heads": heads,
